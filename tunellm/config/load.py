@@ -1,0 +1,158 @@
+"""Load a run configuration: YAML file, then `key=value` overrides, then validation.
+
+Every problem is collected and reported at once, naming the key, the value and what is allowed,
+before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunellm.config.schema import SECTIONS, RunConfig
+from tunellm.errors import ConfigError
+from tunellm.registry import did_you_mean
+
+
+def field_names(section: str) -> dict[str, str]:
+    """Every accepted key of a section (names and aliases) mapped to its canonical name."""
+    names: dict[str, str] = {}
+    for model in SECTIONS[section]:
+        for name, info in model.model_fields.items():
+            names[name] = name
+            choices = getattr(info.validation_alias, "choices", None) or []
+            for alias in choices:
+                names[str(alias)] = name
+    return names
+
+
+def resolve_key(key: str) -> tuple[str, list[str]]:
+    """Turn `train.max_steps`, `max_steps` or `lora_rank` into (section, canonical path)."""
+    parts = key.split(".")
+    if parts[0] in SECTIONS:
+        section, rest = parts[0], parts[1:]
+        if not rest:
+            return section, ["name"]  # `method=lora` picks the method
+        names = field_names(section)
+        if rest[0] not in names:
+            raise unknown_key(key, [f"{section}.{n}" for n in names])
+        return section, [names[rest[0]], *rest[1:]]
+    owners = [s for s in SECTIONS if parts[0] in field_names(s)]
+    if len(owners) == 1:
+        section = owners[0]
+        return section, [field_names(section)[parts[0]], *parts[1:]]
+    if len(owners) > 1:
+        raise ConfigError(
+            f"key '{key}' exists in several sections",
+            expected="one of " + ", ".join(f"{s}.{key}" for s in owners),
+        )
+    every = [f"{s}.{n}" for s in SECTIONS for n in field_names(s)] + [n for s in SECTIONS for n in field_names(s)]
+    raise unknown_key(key, every)
+
+
+def unknown_key(key: str, choices: list[str]) -> ConfigError:
+    return ConfigError(f"unknown key '{key}'", hint=did_you_mean(key, choices) or "see `tunellm config example`")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not key=value", expected="key=value, e.g. max_steps=20")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("config file not found", file=str(path))
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError(f"not valid YAML: {error}", file=str(path), line=mark.line + 1 if mark else None) from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError("a config file must be a mapping of sections", file=str(path), expected="model/data/method/train/eval")
+    return content
+
+
+def canonical(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Check section names and rename aliases (`lora_rank` to `r`) so overrides meet the same keys."""
+    result: dict[str, Any] = {}
+    problems: list[str] = []
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            hint = did_you_mean(str(section), list(SECTIONS))
+            problems.append(f"unknown section '{section}'" + (f"; {hint}" if hint else ""))
+            continue
+        if isinstance(body, str) and section == "method":
+            body = {"name": body}
+        if not isinstance(body, dict):
+            problems.append(f"section '{section}' must be a mapping, got {body!r}")
+            continue
+        names = field_names(section)
+        result[section] = {names.get(key, key): value for key, value in body.items()}
+    if problems:
+        raise ConfigError("; ".join(problems), file=origin)
+    return result
+
+
+def set_path(config: dict[str, Any], section: str, path: list[str], value: Any) -> None:
+    node = config.setdefault(section, {})
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{'.'.join([section, *path])}': '{part}' is not a mapping")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    origin = str(path) if path else None
+    raw = canonical(read_yaml(Path(path)), str(path)) if path else {}
+    problems: list[str] = []
+    for text in overrides or []:
+        try:
+            key, value = parse_override(text)
+            section, field_path = resolve_key(key)
+            set_path(raw, section, field_path, value)
+        except ConfigError as error:
+            problems.append(f"  {error}".replace("\n", "\n  "))
+    if isinstance(raw.get("method"), dict):
+        raw["method"].setdefault("name", "lora")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as error:
+        problems.extend(describe(error, raw))
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the configuration:\n" + "\n".join(problems), file=origin)
+    return config
+
+
+def describe(error: ValidationError, raw: dict[str, Any]) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        if loc[:1] == ["method"] and len(loc) > 1 and loc[1] == raw.get("method", {}).get("name", "lora"):
+            loc.pop(1)  # pydantic puts the union tag in the path
+        key = ".".join(loc)
+        if item["type"] == "extra_forbidden":
+            hint = did_you_mean(loc[-1], list(field_names(loc[0]))) if loc[0] in SECTIONS else None
+            lines.append(f"  {key}: unknown key" + (f"; {hint}" if hint else ""))
+            continue
+        allowed = item.get("ctx", {}).get("expected")
+        line = f"  {key} = {item['input']!r}: {item['msg']}"
+        if allowed and str(allowed) not in item["msg"]:
+            line += f" (allowed: {allowed})"
+        lines.append(line)
+    return lines
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

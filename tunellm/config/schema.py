@@ -1,0 +1,129 @@
+"""The run configuration, declared once as typed models grouped by concern.
+
+Key names follow transformers' `TrainingArguments` and peft's `LoraConfig` where one exists.
+Every field carries a description: `tunellm config example` is generated from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FORMATS = ("auto", "alpaca", "context_target", "promptcblue", "chatglm", "sharegpt", "openai", "text")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("name_or_path", "model_name_or_path"),
+        description="hub name, local folder or .gguf file; empty means the embedded default (SmolLM2-135M-Instruct)",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path, when it is a folder")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (ChatGLM, Baichuan)")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="weights dtype; auto is bf16 where the hardware supports it, fp32 on CPU"
+    )
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="attention kernel; auto picks flash-attention when installed, else SDPA"
+    )
+
+
+class DataConfig(Section):
+    train: list[str] = Field(default_factory=list, description="training files or globs (.json, .jsonl, .gz, .txt)")
+    dev: list[str] = Field(default_factory=list, description="dev files or globs for eval loss and metrics")
+    format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first record")  # type: ignore[valid-type]
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="map the format's field names to this file's, e.g. {prompt: question, response: std_answer}",
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict, description="fill {{key}} placeholders in the data, e.g. {name: tunellm, author: me}"
+    )
+    text_unit: Literal["line", "file"] = Field("line", description="plain text: one document per line or per file")
+    template: str = Field("auto", description="prompt template; auto uses the model family's or the tokenizer's own")
+    system: str | None = Field(None, description="system prompt for records that carry none")
+    cutoff_len: int = Field(1024, gt=0, description="maximum tokens of a whole tokenized sample")
+    max_source_length: int | None = Field(None, gt=0, description="maximum prompt tokens per turn (truncated from the left)")
+    max_target_length: int | None = Field(None, gt=0, description="maximum response tokens per turn (truncated from the right)")
+    train_on_prompt: bool = Field(False, description="also train on prompt tokens")
+    mask_history: bool = Field(False, description="multi-turn: train only the last assistant turn")
+    skip_bad: bool = Field(False, description="skip malformed records, count and list them, instead of stopping")
+    num_workers: int = Field(2, ge=1, description="tokenizer threads")
+    cache_dir: str | None = Field(None, description="tokenization cache folder; default ~/.cache/tunellm/tokenized")
+
+    @field_validator("train", "dev", mode="before")
+    @classmethod
+    def one_file_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class LoraMethod(Section):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, gt=0, validation_alias=AliasChoices("r", "lora_rank"), description="LoRA rank")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field(
+        "auto", description="modules to adapt: auto (the family's default), all-linear, or a list of names"
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapter")
+
+
+Method = Annotated[LoraMethod, Field(discriminator="name")]
+
+
+class TrainConfig(Section):
+    output_dir: str = Field("runs/latest", description="where checkpoints, logs and the loss curve go")
+    per_device_train_batch_size: int = Field(4, gt=0, description="rows per micro-batch")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="rows per eval batch")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    num_train_epochs: float = Field(1.0, gt=0, description="epochs, unless max_steps is set")
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1 means use num_train_epochs")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after warmup"
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of steps spent warming up")
+    warmup_steps: int = Field(0, ge=0, description="warmup steps; overrides warmup_ratio when > 0")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 disables clipping")
+    bf16: bool = Field(False, description="bfloat16 mixed precision")
+    fp16: bool = Field(False, description="float16 mixed precision (GPU)")
+    seed: int = Field(42, description="seed for weights init, data order and dropout")
+    logging_steps: int = Field(10, gt=0, description="log every N optimizer steps")
+    save_steps: int = Field(100, gt=0, description="checkpoint every N optimizer steps")
+    eval_steps: int = Field(100, gt=0, description="evaluate on the dev set every N optimizer steps")
+    save_total_limit: int | None = Field(2, gt=0, description="keep at most N checkpoints (the best is always kept)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+
+    @model_validator(mode="after")
+    def one_precision(self) -> TrainConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 cannot both be true")
+        return self
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(128, gt=0, description="longest generated answer")
+    max_rows: int | None = Field(200, gt=0, description="rows of the dev set scored by generation during training")
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: Method = Field(default_factory=LoraMethod)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+SECTIONS: dict[str, list[type[Section]]] = {
+    "model": [ModelConfig],
+    "data": [DataConfig],
+    "method": [LoraMethod],
+    "train": [TrainConfig],
+    "eval": [EvalConfig],
+}
