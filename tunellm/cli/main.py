@@ -5,11 +5,23 @@ from __future__ import annotations
 import typer
 
 from tunellm import __version__
+from tunellm.cli import config_cmd
+from tunellm.cli.errors import run_with_clean_errors
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="tunellm: fine-tune chat LLMs on your instruction data.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="tunellm: fine-tune chat LLMs on your instruction data. Add --debug for tracebacks.",
+)
+app.add_typer(config_cmd.app, name="config")
 
 
 @app.command()
 def version() -> None:
     """Print the tunellm version."""
     typer.echo(__version__)
+
+
+def main() -> None:
+    run_with_clean_errors(app)

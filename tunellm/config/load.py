@@ -79,28 +79,27 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ConfigError("a config file must be a mapping of sections", file=str(path), expected="model/data/method/train/eval")
+        raise ConfigError(
+            "a config file must be a mapping of sections", file=str(path), expected="model/data/method/train/eval"
+        )
     return content
 
 
-def canonical(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+def canonical(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """Check section names and rename aliases (`lora_rank` to `r`) so overrides meet the same keys."""
     result: dict[str, Any] = {}
-    problems: list[str] = []
     for section, body in raw.items():
         if section not in SECTIONS:
             hint = did_you_mean(str(section), list(SECTIONS))
-            problems.append(f"unknown section '{section}'" + (f"; {hint}" if hint else ""))
+            problems.append(f"  {section}: unknown section" + (f"; {hint}" if hint else ""))
             continue
         if isinstance(body, str) and section == "method":
             body = {"name": body}
         if not isinstance(body, dict):
-            problems.append(f"section '{section}' must be a mapping, got {body!r}")
+            problems.append(f"  {section} = {body!r}: a section must be a mapping")
             continue
         names = field_names(section)
         result[section] = {names.get(key, key): value for key, value in body.items()}
-    if problems:
-        raise ConfigError("; ".join(problems), file=origin)
     return result
 
 
@@ -115,8 +114,8 @@ def set_path(config: dict[str, Any], section: str, path: list[str], value: Any) 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     origin = str(path) if path else None
-    raw = canonical(read_yaml(Path(path)), str(path)) if path else {}
     problems: list[str] = []
+    raw = canonical(read_yaml(Path(path)), problems) if path else {}
     for text in overrides or []:
         try:
             key, value = parse_override(text)

@@ -48,8 +48,12 @@ class DataConfig(Section):
     template: str = Field("auto", description="prompt template; auto uses the model family's or the tokenizer's own")
     system: str | None = Field(None, description="system prompt for records that carry none")
     cutoff_len: int = Field(1024, gt=0, description="maximum tokens of a whole tokenized sample")
-    max_source_length: int | None = Field(None, gt=0, description="maximum prompt tokens per turn (truncated from the left)")
-    max_target_length: int | None = Field(None, gt=0, description="maximum response tokens per turn (truncated from the right)")
+    max_source_length: int | None = Field(
+        None, gt=0, description="maximum prompt tokens per turn (truncated from the left)"
+    )
+    max_target_length: int | None = Field(
+        None, gt=0, description="maximum response tokens per turn (truncated from the right)"
+    )
     train_on_prompt: bool = Field(False, description="also train on prompt tokens")
     mask_history: bool = Field(False, description="multi-turn: train only the last assistant turn")
     skip_bad: bool = Field(False, description="skip malformed records, count and list them, instead of stopping")

@@ -65,9 +65,7 @@ class Conversation:
         for turn in self.turns:
             message: dict[str, Any] = {"role": turn.role, "content": turn.content}
             if turn.tool_calls:
-                message["tool_calls"] = [
-                    {"type": "function", "function": asdict(call)} for call in turn.tool_calls
-                ]
+                message["tool_calls"] = [{"type": "function", "function": asdict(call)} for call in turn.tool_calls]
             if turn.name is not None:
                 message["name"] = turn.name
             messages.append(message)

@@ -28,7 +28,9 @@ def default_gguf_path() -> Path:
     """Locate the GGUF file without importing the package (its __init__ needs `llm`)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the embedded default model is not installed", expected=f"package {PACKAGE}", hint=INSTALL_HINT)
+        raise ModelError(
+            "the embedded default model is not installed", expected=f"package {PACKAGE}", hint=INSTALL_HINT
+        )
     path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
     if not path.is_file():
         raise ModelError("the default model's GGUF file is missing", file=str(path), hint=INSTALL_HINT)
