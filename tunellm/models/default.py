@@ -48,6 +48,7 @@ def default_model_dir() -> Path:
     try:
         convert_gguf(gguf, staging)
         try:
+            staging.chmod(0o755)
             staging.rename(target)
         except OSError:
             if not (target / "config.json").is_file():  # another process won the race only if it finished
