@@ -33,7 +33,7 @@ class TunellmError(Exception):
         if self.line is not None:
             parts.append(f"line {self.line}")
         if self.index is not None:
-            parts.append(f"record {self.index}")
+            parts.append(f"array index {self.index}")
         if self.field:
             parts.append(f"field '{self.field}'")
         return ", ".join(parts)
