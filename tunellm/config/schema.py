@@ -103,6 +103,24 @@ class TrainConfig(Section):
     eval_steps: int = Field(100, gt=0, description="evaluate on the dev set every N optimizer steps")
     save_total_limit: int | None = Field(2, gt=0, description="keep at most N checkpoints (the best is always kept)")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    resume: str = Field(
+        "auto",
+        description="auto: continue from the newest complete checkpoint in output_dir; never: start fresh "
+        "(refused when output_dir holds checkpoints); or a step-N checkpoint folder",
+    )
+    init_adapter: str | None = Field(None, description="adapter folder whose weights training starts from")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="loggers beside train_log.jsonl; [] or none for none"
+    )
+    best_metric: str = Field("eval_loss", description="dev-set metric that picks the best checkpoint (best.json)")
+    greater_is_better: bool = Field(False, description="whether a higher best_metric is better")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def one_reporter_is_a_list(cls, value: object) -> object:
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def one_precision(self) -> TrainConfig:

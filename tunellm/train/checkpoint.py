@@ -1,0 +1,302 @@
+"""Checkpoints: written atomically, found again for resume, pruned, and the best one named in best.json.
+
+A checkpoint `output_dir/step-N/` is usable on its own: the trainable weights (a peft adapter or a full model,
+safetensors), the tokenizer and the resolved `config.yaml`. What only resuming needs lies in `step-N/state/`:
+optimizer (safetensors + JSON), scheduler, GradScaler, RNG per process and the TrainState. Nothing is pickled.
+It is written in `.tmp-step-N/`, fsynced, then renamed, so a folder named `step-N` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from tunellm.errors import ConfigError, ModelError
+from tunellm.train.state import TrainState, capture_rng, restore_rng
+
+log = logging.getLogger(__name__)
+
+STEP = re.compile(r"step-(\d+)")
+TMP_PREFIX = ".tmp-step-"
+STATE_DIR = "state"
+STATE_FILES = ("trainer_state.json", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_0.json")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+BEST_FILE = "best.json"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (`step-N` folders; temp folders are never complete), oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and STEP.fullmatch(p.name)]
+    return sorted(found, key=_step)
+
+
+def remove_partial(output_dir: Path) -> list[Path]:
+    """Delete the temp folders a killed run left behind."""
+    partial = sorted(output_dir.glob(TMP_PREFIX + "*")) if output_dir.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
+def find_resume(output_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to continue from: `auto` (newest in output_dir, if any), `never`, or a folder."""
+    existing = list_checkpoints(output_dir)
+    if resume == "never":
+        if existing:
+            raise ConfigError(
+                f"output_dir already holds checkpoints ({', '.join(p.name for p in existing[-3:])})",
+                file=str(output_dir),
+                field="train.resume",
+                hint="set train.resume=auto to continue that run, or choose another train.output_dir",
+            )
+        return None
+    if resume == "auto":
+        return existing[-1] if existing else None
+    path = Path(resume)
+    if path.is_dir() and not (path / STATE_DIR).is_dir() and list_checkpoints(path):
+        return list_checkpoints(path)[-1]
+    if not path.is_dir():
+        names = ", ".join(p.name for p in existing) or "none"
+        raise ModelError(
+            "checkpoint folder not found",
+            file=resume,
+            field="train.resume",
+            hint=f"checkpoints in {output_dir}: {names}; or use resume=auto",
+        )
+    later = [p for p in existing if p.resolve().parent == path.resolve().parent and _step(p) > _step(path)]
+    if later:  # they would be taken for this run's, by pruning and by a later resume=auto
+        raise ConfigError(
+            f"output_dir holds checkpoints later than {path.name}: {', '.join(p.name for p in later)}",
+            file=str(output_dir),
+            field="train.resume",
+            hint="delete them to branch off from there, or write to another train.output_dir",
+        )
+    return path
+
+
+def _step(folder: Path) -> int:
+    match = STEP.fullmatch(folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def check_complete(folder: Path) -> None:
+    """Raise an error naming the missing files, what the folder holds and how to go on."""
+    missing = [f"{STATE_DIR}/{name}" for name in STATE_FILES if not (folder / STATE_DIR / name).is_file()]
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES[:2]))
+    if missing:
+        held = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        raise ModelError(
+            f"checkpoint is incomplete, missing: {', '.join(missing)}",
+            file=str(folder),
+            expected="a step-N folder written by `tunellm train`",
+            hint=f"it holds: {', '.join(held) or 'nothing'}. Resume from another step-N folder or set resume=never",
+        )
+
+
+def save_trainable(model: Any, folder: Path) -> None:
+    """The trained part: a peft adapter through its own save_pretrained, else the whole model (safetensors)."""
+    model.save_pretrained(str(folder))
+
+
+def load_trainable(model: Any, folder: Path) -> None:
+    """Load weights written by `save_trainable` into `model` in place (parameters keep their identity)."""
+    from peft import PeftModel
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    if isinstance(model, PeftModel):
+        if not (folder / WEIGHT_FILES[0]).is_file():
+            raise ModelError(f"no {WEIGHT_FILES[0]} in the folder", file=str(folder), expected="a peft adapter folder")
+        adapter = model.active_adapter
+        try:
+            result = set_peft_model_state_dict(
+                model, load_peft_weights(str(folder), device="cpu"), adapter_name=adapter
+            )
+        except RuntimeError as error:  # shape mismatch: another rank or base model
+            raise ModelError(
+                f"adapter weights do not fit this model: {str(error).splitlines()[-1].strip()}",
+                file=str(folder),
+                hint="use an adapter trained with the same base model, rank and target modules",
+            ) from None
+        missing = [k for k in result.missing_keys if f".{adapter}." in k]
+        unexpected = list(result.unexpected_keys)
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ModelError("no .safetensors weights in the folder", file=str(folder))
+        unexpected = []
+        for file in files:
+            unexpected += model.load_state_dict(load_file(file), strict=False).unexpected_keys
+        missing = []
+    if unexpected:
+        raise ModelError(
+            f"weights do not fit this model: {', '.join(unexpected[:5])}",
+            file=str(folder),
+            hint="the adapter was trained with other target modules or another base model",
+        )
+    if missing:
+        log.warning(
+            "%s lacks %d adapter weights (kept at their initial values), e.g. %s", folder, len(missing), missing[0]
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def _write_optimizer(folder: Path, state_dict: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, entry in state_dict["state"].items():
+        plain[str(pid)] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain[str(pid)][key] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    _write_json(folder / "optimizer.json", {"state": plain, "param_groups": state_dict["param_groups"]})
+
+
+def _read_optimizer(folder: Path) -> dict[str, Any]:
+    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
+    state: dict[int, dict[str, Any]] = {int(pid): dict(entry) for pid, entry in meta["state"].items()}
+    for name, tensor in load_file(str(folder / "optimizer.safetensors")).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = tensor
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _fsync(path: Path) -> None:
+    if path.is_dir() and not hasattr(os, "O_DIRECTORY"):
+        return  # directories cannot be opened for fsync on Windows
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        _fsync(path)
+    _fsync(folder)
+
+
+def save_checkpoint(
+    output_dir: Path,
+    state: TrainState,
+    *,
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    tokenizer: Any,
+    config: dict[str, Any],
+) -> Path:
+    """Write `output_dir/step-N` atomically; every process must call it (each saves its own RNG state).
+
+    Saving leaves the RNG as it found it, so a run that saved and a run resumed from the save draw the same numbers.
+    """
+    final = output_dir / f"step-{state.global_step}"
+    tmp = output_dir / f"{TMP_PREFIX}{state.global_step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / STATE_DIR).mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rng = capture_rng()
+    _write_json(tmp / STATE_DIR / f"rng_{accelerator.process_index}.json", rng)
+    if accelerator.is_main_process:
+        save_trainable(accelerator.unwrap_model(model), tmp)
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(tmp))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        _write_optimizer(tmp / STATE_DIR, optimizer.state_dict())
+        _write_json(tmp / STATE_DIR / "scheduler.json", scheduler.state_dict())
+        if accelerator.scaler is not None:
+            _write_json(tmp / STATE_DIR / "scaler.json", accelerator.scaler.state_dict())
+        state.save(tmp / STATE_DIR / "trainer_state.json")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fsync_tree(tmp)
+        if final.exists():  # only when a finished run is saved again at the same step
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(output_dir)
+    accelerator.wait_for_everyone()
+    restore_rng(rng)
+    return final
+
+
+def load_checkpoint(
+    folder: Path, *, accelerator: Any, model: Any, optimizer: Any, scheduler: Any
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restore weights, optimizer, scheduler and scaler; return the TrainState and this process's RNG state.
+
+    The caller restores the RNG (`state.restore_rng`) last, just before training goes on.
+    """
+    check_complete(folder)
+    state_dir = folder / STATE_DIR
+    load_trainable(accelerator.unwrap_model(model), folder)
+    optimizer.load_state_dict(_read_optimizer(state_dir))
+    scheduler.load_state_dict(json.loads((state_dir / "scheduler.json").read_text(encoding="utf-8")))
+    if accelerator.scaler is not None and (state_dir / "scaler.json").is_file():
+        accelerator.scaler.load_state_dict(json.loads((state_dir / "scaler.json").read_text(encoding="utf-8")))
+    rng_file = state_dir / f"rng_{accelerator.process_index}.json"
+    if not rng_file.is_file():
+        log.warning("%s has no RNG state for process %d; using process 0's", folder, accelerator.process_index)
+        rng_file = state_dir / "rng_0.json"
+    rng = json.loads(rng_file.read_text(encoding="utf-8"))
+    return TrainState.load(state_dir / "trainer_state.json"), rng
+
+
+def config_changes(folder: Path, config: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between the checkpoint's config.yaml and `config`."""
+    path = folder / "config.yaml"
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    old, new = flat(saved or {}), flat(config)
+    return sorted(k.rstrip(".") for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def write_best(output_dir: Path, state: TrainState, metric: str, greater_is_better: bool) -> None:
+    if state.best_step is None:
+        return
+    best = {
+        "step": state.best_step,
+        "checkpoint": f"step-{state.best_step}",
+        "metric": metric,
+        "value": state.best_value,
+        "greater_is_better": greater_is_better,
+    }
+    tmp = output_dir / (BEST_FILE + ".tmp")
+    _write_json(tmp, best)
+    os.replace(tmp, output_dir / BEST_FILE)
+
+
+def prune(output_dir: Path, limit: int | None, best_step: int | None) -> list[Path]:
+    """Delete all but the newest `limit` checkpoints, never the best one."""
+    existing = list_checkpoints(output_dir)
+    if limit is None or len(existing) <= limit:
+        return []
+    keep = set(existing[-limit:])
+    removed = [p for p in existing if p not in keep and p.name != f"step-{best_step}"]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed

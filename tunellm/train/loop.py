@@ -1,0 +1,305 @@
+"""The training loop: one explicit function on accelerate, the loss a mean over trained tokens.
+
+Under gradient accumulation the micro-batches of one optimizer step are collated up front, their trained tokens
+counted, and each micro-batch's summed token loss divided by that window's count: the gradient equals one big
+batch's, whatever the row lengths and padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunellm.config.schema import RunConfig, TrainConfig
+from tunellm.errors import ConfigError, DataError
+from tunellm.train.checkpoint import (
+    config_changes,
+    find_resume,
+    list_checkpoints,
+    load_checkpoint,
+    load_trainable,
+    prune,
+    remove_partial,
+    save_checkpoint,
+    write_best,
+)
+from tunellm.train.log import RunLog, check_report_to
+from tunellm.train.optim import StepPlan, build_optimizer, build_scheduler
+from tunellm.train.state import TrainState, epoch_order, restore_rng
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class FitResult:
+    global_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row: pad id in input_ids, -100 in labels, 0 in the attention mask."""
+    longest = max(len(row["input_ids"]) for row in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        input_ids[i, :n] = torch.as_tensor(row["input_ids"], dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(row["labels"], dtype=torch.long)
+        mask[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry loss: the first position predicts nothing (labels are shifted inside the loss)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy summed over trained tokens, in float32 whatever the autocast dtype."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _sum_over_processes(accelerator: Any, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    total = accelerator.reduce(torch.tensor(value, dtype=torch.float64, device=accelerator.device), "sum")
+    return float(total)
+
+
+def accumulate_gradients(
+    accelerator: Any, model: Any, batches: list[dict[str, torch.Tensor]]
+) -> tuple[torch.Tensor, int]:
+    """Backward over one optimizer step's micro-batches; return (summed token loss, trained tokens), all processes."""
+    tokens = int(_sum_over_processes(accelerator, sum(trained_tokens(b) for b in batches)))
+    # DDP averages gradients over processes, hence the factor: the result is sum(loss) / tokens of all processes.
+    scale = accelerator.num_processes / max(tokens, 1)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for i, batch in enumerate(batches):
+        sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model)
+        with sync:
+            loss = token_loss_sum(model, _to(batch, accelerator.device))
+            accelerator.backward(loss * scale)
+        loss_sum += loss.detach()
+    if accelerator.num_processes > 1:
+        loss_sum = accelerator.reduce(loss_sum, "sum")
+    return loss_sum, tokens
+
+
+@torch.no_grad()
+def evaluate(accelerator: Any, model: Any, data: Any, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Dev-set loss as the mean over all trained tokens (not a mean of batch means)."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    step = batch_size * accelerator.num_processes
+    for start in range(accelerator.process_index * batch_size, len(data), step):
+        batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))], pad_id)
+        totals[0] += token_loss_sum(model, _to(batch, accelerator.device))
+        totals[1] += trained_tokens(batch)
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, "sum")
+    model.train(was_training)
+    return {"eval_loss": float(totals[0] / totals[1].clamp(min=1))}
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0  # any id works: padded positions are masked out of attention and loss
+
+
+def _setup(cfg: TrainConfig, train_data: Any, accelerator: Any | None) -> tuple[Any, Path]:
+    check_report_to(cfg.report_to)
+    if len(train_data) == 0:
+        raise DataError("the training set is empty", hint="check data.train and the data filters")
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "no")
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_partial(output_dir):
+            log.warning("removed %s, a checkpoint that a killed run did not finish writing", path)
+    accelerator.wait_for_everyone()
+    return accelerator, output_dir
+
+
+def _eval_and_pick_best(cfg: TrainConfig, state: TrainState, metrics: dict[str, float]) -> bool:
+    if cfg.best_metric not in metrics:
+        raise ConfigError(
+            f"best_metric '{cfg.best_metric}' is not computed", field="train.best_metric", expected=", ".join(metrics)
+        )
+    value = metrics[cfg.best_metric]
+    if not state.improves(value, cfg.greater_is_better):
+        return False
+    state.best_step, state.best_value = state.global_step, value
+    return True
+
+
+def _optimizer_step(
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    batches: list[dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, int, torch.Tensor | None, float]:
+    """One optimizer step; returns (summed token loss, trained tokens, grad norm before clipping, lr it ran with)."""
+    loss_sum, tokens = accumulate_gradients(accelerator, model, batches)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    if not optimizer.step_was_skipped:  # fp16 overflow: the scaler skipped the step, so the schedule waits
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, tokens, grad_norm, lr
+
+
+def fit(
+    model: Any,
+    tokenizer: Any,
+    train_data: Any,
+    dev_data: Any | None,
+    config: RunConfig | TrainConfig,
+    *,
+    accelerator: Any | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    show_progress: bool = True,
+) -> FitResult:
+    """Train `model` (a peft model or any PreTrainedModel) on `train_data` rows {input_ids, labels}.
+
+    Resumes per `train.resume`, evaluates on `dev_data` (may be None) every `eval_steps`, checkpoints every
+    `save_steps`, at each new best and at the end. `param_groups` lets a method set its own optimizer groups.
+    """
+    cfg = config.train if isinstance(config, RunConfig) else config
+    resolved = (
+        config.model_dump(mode="json") if isinstance(config, RunConfig) else {"train": cfg.model_dump(mode="json")}
+    )
+    accelerator, output_dir = _setup(cfg, train_data, accelerator)
+    resume_from = find_resume(output_dir, cfg.resume)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    if resume_from is None and cfg.init_adapter:
+        load_trainable(model, Path(cfg.init_adapter))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = build_optimizer(model, cfg, param_groups)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plan = StepPlan.make(cfg, len(train_data), accelerator.num_processes)
+    scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
+    state, rng = TrainState(), None
+    parts = {"accelerator": accelerator, "model": model, "optimizer": optimizer, "scheduler": scheduler}
+    if resume_from is not None:
+        state, rng = load_checkpoint(resume_from, **parts)
+        changed = [k for k in config_changes(resume_from, resolved) if k != "train.resume"]
+        if changed:
+            log.warning("config changed since %s: %s", resume_from, ", ".join(changed))
+        log.info("resuming from %s (step %d)", resume_from, state.global_step)
+    with RunLog(
+        output_dir,
+        total_steps=plan.total_steps,
+        start_step=state.global_step,
+        history=state.history,
+        config=resolved,
+        report_to=cfg.report_to,
+        show=show_progress,
+        enabled=accelerator.is_main_process,
+    ) as runlog:
+        saving = {**parts, "tokenizer": tokenizer, "config": resolved}
+        pad_id, rank, world = pad_token_id(tokenizer), accelerator.process_index, accelerator.num_processes
+        pending = torch.tensor(state.pending_loss, dtype=torch.float64, device=accelerator.device)
+        order_of = functools.lru_cache(maxsize=1)(
+            lambda epoch: epoch_order(len(train_data), cfg.per_device_train_batch_size, cfg.seed, epoch, rank, world)
+        )
+        model.train()
+        if rng is not None:
+            restore_rng(rng)  # last, so nothing above draws from the restored generators
+        started = time.monotonic() - state.elapsed
+        window_started, window_tokens = time.monotonic(), 0
+        while state.global_step < plan.total_steps:
+            order = order_of(state.epoch)
+            micro = order[state.batch_in_epoch : state.batch_in_epoch + cfg.gradient_accumulation_steps]
+            batches = [collate([train_data[i] for i in rows], pad_id) for rows in micro]
+            loss_sum, tokens, grad_norm, lr = _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg)
+            epoch = state.advance(len(micro), len(order))
+            step, last = state.global_step, state.global_step == plan.total_steps
+            pending += loss_sum
+            state.pending_tokens += tokens
+            window_tokens += world * sum(int(b["attention_mask"].sum()) for b in batches)
+            state.elapsed = time.monotonic() - started
+            runlog.advance(step, epoch)
+
+            if step % cfg.logging_steps == 0 or last:
+                now = time.monotonic()
+                entry = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": float(pending) / max(state.pending_tokens, 1),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "tokens_per_s": window_tokens / max(now - window_started, 1e-9),
+                    "elapsed": round(state.elapsed, 3),
+                }
+                state.history.append(entry)
+                runlog.write(entry)
+                pending.zero_()
+                state.pending_tokens, window_started, window_tokens = 0, now, 0
+            improved = evaluated = False
+            if dev_data is not None and len(dev_data) > 0 and (step % cfg.eval_steps == 0 or last):
+                metrics = evaluate(accelerator, model, dev_data, cfg.per_device_eval_batch_size, pad_id)
+                entry = {"step": step, "epoch": epoch, **metrics, "elapsed": round(time.monotonic() - started, 3)}
+                state.history.append(entry)
+                runlog.write(entry)
+                improved, evaluated = _eval_and_pick_best(cfg, state, metrics), True
+            if step % cfg.save_steps == 0 or last or improved:
+                state.pending_loss = float(pending)
+                save_checkpoint(output_dir, state, **saving)
+                if accelerator.is_main_process:
+                    write_best(output_dir, state, cfg.best_metric, cfg.greater_is_better)
+                    prune(output_dir, cfg.save_total_limit, state.best_step)
+            if evaluated or step % cfg.save_steps == 0 or last:
+                runlog.plot(state.history)
+    return _result(output_dir, state)
+
+
+def _result(output_dir: Path, state: TrainState) -> FitResult:
+    train = [e["loss"] for e in state.history if "loss" in e]
+    evals = [e["eval_loss"] for e in state.history if "eval_loss" in e]
+    checkpoints = list_checkpoints(output_dir)
+    best = output_dir / f"step-{state.best_step}" if state.best_step is not None else None
+    return FitResult(
+        global_step=state.global_step,
+        train_loss=train[-1] if train else None,
+        eval_loss=evals[-1] if evals else None,
+        last_checkpoint=checkpoints[-1] if checkpoints else None,
+        best_checkpoint=best,
+        history=state.history,
+    )

@@ -1,0 +1,65 @@
+"""Optimizer, learning-rate schedule and the step plan (how many optimizer steps a run makes)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunellm.config.schema import TrainConfig
+from tunellm.errors import ModelError
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two AdamW groups: matrices decay; biases and norm weights (1-D) do not."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: TrainConfig, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.AdamW:
+    """AdamW over `groups` (a method's own, e.g. LoRA+), or the default decay/no-decay split."""
+    groups = groups if groups is not None else param_groups(model, config.weight_decay)
+    if not groups:
+        raise ModelError("the model has no trainable parameters", hint="apply a tuning method (e.g. lora) before fit")
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    return config.warmup_steps if config.warmup_steps > 0 else math.ceil(config.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
+    """transformers' schedule of that name; the first step runs at lr 0 when there is warmup."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        config.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=warmup_steps(config, total_steps),
+        num_training_steps=total_steps,
+    )
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Micro-batches per epoch (per process) and optimizer steps; an epoch's last step may take fewer micro-batches."""
+
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def make(cls, config: TrainConfig, rows: int, processes: int = 1) -> StepPlan:
+        per_process = math.ceil(rows / processes)
+        micro = math.ceil(per_process / config.per_device_train_batch_size)
+        per_epoch = math.ceil(micro / config.gradient_accumulation_steps)
+        total = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * per_epoch)
+        return cls(micro, per_epoch, max(total, 1))
