@@ -36,6 +36,9 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: list[str] = Field(default_factory=list, description="training files or globs (.json, .jsonl, .gz, .txt)")
     dev: list[str] = Field(default_factory=list, description="dev files or globs for eval loss and metrics")
+    dev_split: float = Field(
+        0.0, ge=0, lt=1, description="without dev files: hold out this fraction of train rows (seeded) as the dev set"
+    )
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first record")  # type: ignore[valid-type]
     columns: dict[str, str] = Field(
         default_factory=dict,
