@@ -18,5 +18,5 @@ def run_with_clean_errors(app: object) -> None:
     except TunellmError as error:
         if debug:
             raise
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {error}", markup=True)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {error}", markup=True)
         sys.exit(2)

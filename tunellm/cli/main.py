@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tunellm import __version__
-from tunellm.cli import config_cmd, model_cmd
+from tunellm.cli import config_cmd, data_cmd, model_cmd
 from tunellm.cli.errors import run_with_clean_errors
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(model_cmd.app, name="model")
+app.add_typer(data_cmd.app, name="data")
 
 
 @app.command()

@@ -158,3 +158,18 @@ def load_weights(location: str, config: Any, dtype: torch.dtype, options: dict[s
     except (OSError, ValueError) as error:
         field = "model.attn_implementation" if "attn_implementation" in str(error) else "model.name_or_path"
         raise ModelError(f"cannot load the model: {error}", file=location, field=field) from None
+
+
+def load_tokenizer_and_template(model_config: ModelConfig) -> tuple[Any, str]:
+    """The tokenizer and its family's template name, without loading weights (for data commands)."""
+    from transformers import AutoConfig
+
+    location, gguf_file = model_location(model_config)
+    options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if gguf_file is None and check_remote_code(read_config_dict(location), model_config, location):
+        options["trust_remote_code"] = True
+    config = AutoConfig.from_pretrained(location, **options)
+    tokenizer = load_tokenizer(model_config)
+    family = family_for(config.model_type)
+    family.fix_tokens(tokenizer, None)
+    return tokenizer, family.template_for(tokenizer, config)

@@ -136,8 +136,17 @@ def _missing_hint(row: Row, key: str) -> str:
 
 
 def extra_fields(row: Row, core: frozenset[str]) -> dict[str, Any]:
-    """The row's fields the format does not use, kept for scoring and inspection."""
-    return {key: value for key, value in row.items() if key not in core}
+    """The row's fields the format does not use, kept for scoring and inspection.
+
+    An `extra` object (as `tunellm data convert` writes it) is unpacked, so converted files read back the same.
+    """
+    kept = {key: value for key, value in row.items() if key not in core and key != "extra"}
+    nested = row.get("extra")
+    if isinstance(nested, dict):
+        return nested | kept
+    if nested is not None:
+        kept["extra"] = nested
+    return kept
 
 
 def history_turns(value: Any, source: Source, key: str = "history") -> list[Turn]:

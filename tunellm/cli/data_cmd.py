@@ -1,0 +1,164 @@
+"""`tunellm data convert|stats|preview`: check data before any GPU time is spent on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tunellm.config import RunConfig, load_config
+from tunellm.data.prepare import read_data
+
+app = typer.Typer(no_args_is_help=True, help="Convert, check and inspect training data.")
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+FILES_HELP = "data files or globs, then optional key=value config overrides"
+FormatOption = typer.Option(None, "--format", "-f", help="data format (default: detected per file)")
+SkipBadOption = typer.Option(False, "--skip-bad", help="skip malformed records, count and list them")
+ConfigOption = typer.Option(None, "--config", "-c", help="a run config whose data section applies")
+ModelOption = typer.Option(None, "--model", "-m", help="model whose tokenizer and template to use")
+TemplateOption = typer.Option(None, "--template", "-t", help="prompt template (default: the model's)")
+
+
+def resolve(args: list[str] | None, config: str | None, **shortcuts: Any) -> tuple[RunConfig, list[str]]:
+    """Split positional arguments into files and key=value overrides; flags are shortcuts for keys."""
+    args = args or []
+    overrides = [arg for arg in args if "=" in arg and not Path(arg).exists()]
+    files = [arg for arg in args if arg not in overrides]
+    keys = {
+        "format": "data.format",
+        "skip_bad": "data.skip_bad",
+        "model": "model.name_or_path",
+        "template": "data.template",
+    }
+    for name, value in shortcuts.items():
+        if value not in (None, False):
+            overrides.append(f"{keys[name]}={json.dumps(value) if isinstance(value, bool) else value}")
+    run = load_config(config, overrides)
+    return run, files or list(run.data.train)
+
+
+def tokenizer_and_template(run: RunConfig, files: list[str]) -> tuple[Any, Any]:
+    from transformers.utils import logging
+
+    from tunellm.data.prepare import choose_template
+    from tunellm.models.load import load_tokenizer_and_template
+
+    logging.disable_progress_bar()
+    tokenizer, family_template = load_tokenizer_and_template(run.model)
+    return tokenizer, choose_template(files, run.data, tokenizer, family_template)
+
+
+@app.command()
+def convert(
+    args: list[str] = typer.Argument(None, help=FILES_HELP),
+    output: Path = typer.Option(..., "--output", "-o", help="normalized JSON Lines file to write"),
+    format: str = FormatOption,
+    skip_bad: bool = SkipBadOption,
+    prediction: bool = typer.Option(False, "--prediction", help="records may lack a response (inputs to predict)"),
+    config: str = ConfigOption,
+) -> None:
+    """Read any supported format and write one normalized JSONL file (OpenAI-style messages)."""
+    run, files = resolve(args, config, format=format, skip_bad=skip_bad)
+    result = read_data(files, run.data, require_response=not prediction)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.tmp")
+    with staging.open("w", encoding="utf-8") as sink:
+        for conversation in result.conversations:
+            sink.write(json.dumps(conversation.to_json(), ensure_ascii=False) + "\n")
+        sink.flush()
+        os.fsync(sink.fileno())
+    staging.replace(output)
+    console.print(result.summary())
+    console.print(f"wrote {len(result.conversations):,} records to {output}")
+
+
+@app.command()
+def stats(
+    args: list[str] = typer.Argument(None, help=FILES_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
+    histogram: Path = typer.Option(Path("token_lengths.png"), "--histogram", help="length histogram PNG to write"),
+    format: str = FormatOption,
+    skip_bad: bool = SkipBadOption,
+    model: str = ModelOption,
+    template: str = TemplateOption,
+    config: str = ConfigOption,
+) -> None:
+    """Rows, bad rows, prompt/response token lengths (describe table), truncation, and a histogram."""
+    from tunellm.data.inspect import compute_stats, plot_histogram
+    from tunellm.data.tokenize import TokenizeOptions
+
+    run, files = resolve(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
+    result = read_data(files, run.data)
+    tokenizer, chosen = tokenizer_and_template(run, files)
+    data_stats = compute_stats(result, tokenizer, chosen, TokenizeOptions.from_config(run.data))
+    summary = data_stats.to_json() | {"template": chosen.name, "histogram": str(plot_histogram(data_stats, histogram))}
+    if as_json:
+        typer.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    console.print(result.summary())
+    print_stats(summary)
+
+
+def print_stats(summary: dict[str, Any]) -> None:
+    out = Console(highlight=False)
+    rows = f"{summary['rows']:,} rows, {summary['bad_rows']:,} bad"
+    out.print(f"format {summary['format']}, template {summary['template']}: {rows}")
+    table = Table("tokens", "prompt", "response", "total")
+    for key in summary["prompt_tokens"]:
+        cells = [summary[part][key] for part in ("prompt_tokens", "response_tokens", "total_tokens")]
+        table.add_row(key, *(f"{value:,.0f}" if key == "count" else f"{value:,.1f}" for value in cells))
+    out.print(table)
+    out.print(
+        f"truncated at cutoff_len {summary['cutoff_len']}: {summary['truncated']:,} "
+        f"({summary['truncation_rate']:.1%}); fully masked after truncation: {summary['fully_masked']:,}"
+    )
+    if summary["fully_masked"]:
+        out.print(
+            "  excluded from training (nothing left to train on): " + ", ".join(summary["fully_masked_sources"][:10])
+        )
+    out.print(f"histogram: {summary['histogram']}")
+
+
+@app.command()
+def preview(
+    args: list[str] = typer.Argument(None, help=FILES_HELP),
+    count: int = typer.Option(3, "--count", "-n", help="samples to show"),
+    start: int = typer.Option(0, "--start", help="index of the first sample"),
+    format: str = FormatOption,
+    skip_bad: bool = SkipBadOption,
+    model: str = ModelOption,
+    template: str = TemplateOption,
+    config: str = ConfigOption,
+) -> None:
+    """Show samples as the model sees them: trained tokens in green, masked (prompt) tokens dimmed."""
+    from tunellm.data.inspect import token_runs
+    from tunellm.data.tokenize import TokenizeOptions
+
+    run, files = resolve(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
+    result = read_data(files, run.data)
+    tokenizer, chosen = tokenizer_and_template(run, files)
+    options = TokenizeOptions.from_config(run.data)
+    out = Console(highlight=False, soft_wrap=True)
+    marks = not out.is_terminal  # without colour, trained text is bracketed so the difference stays visible
+    out.print(
+        f"template {chosen.name}; [green]trained[/] vs [dim]masked[/]"
+        + (" ; trained text is in [[...]]" if marks else "")
+    )
+    for conversation in result.conversations[start : start + count]:
+        out.rule(str(conversation.source))
+        text = Text()
+        for run_text, trained in token_runs(conversation, tokenizer, chosen, options):
+            shown = f"[[{run_text}]]" if trained and marks else run_text
+            text.append(shown, style="bold green" if trained else "dim")
+        out.print(text)
+    if not result.conversations[start : start + count]:
+        console.print(f"no samples at index {start} (the data has {len(result.conversations)})")
+        sys.exit(1)
