@@ -34,7 +34,7 @@ from tunellm.data.tokenize import TokenizedDataset, TokenizeOptions, TokenizeRep
 from tunellm.errors import DataError
 from tunellm.models.default import cache_root
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 BUFFER = 1 << 20
 STALE_SECONDS = 24 * 3600  # temporary files left by a killed writer are removed after a day
 
@@ -56,12 +56,14 @@ def load_or_tokenize(
     *,
     read_options: Mapping[str, Any] | None = None,
     cache_dir: PathLike | None = None,
+    describe_read: Callable[[], str | None] | None = None,
 ) -> TokenizedDataset:
     """The tokenized training set of `files`, from the cache when the key matches.
 
     `conversations` is what the files read to (pass a callable so a warm cache never reads them);
     `read_options` is everything else that shaped those conversations (format, columns, system...).
     With no files there is nothing to key on, and the conversations are tokenized uncached.
+    `describe_read`, called after reading, gives the read's summary (skipped records), which is cached too.
     """
     options = options or TokenizeOptions()
     if not files:
@@ -73,6 +75,8 @@ def load_or_tokenize(
     if cached is not None:
         return cached
     dataset = tokenize_conversations(materialize(conversations), tokenizer, template, options)
+    if describe_read is not None:
+        dataset.report.read_summary = describe_read()
     try:
         save_cached(dataset, path, key)
     except OSError as error:  # a read-only or full disk costs speed, not the run

@@ -13,6 +13,7 @@ from tunellm.config.schema import DataConfig
 from tunellm.data.cache import load_or_tokenize
 from tunellm.data.formats import ReadOptions
 from tunellm.data.read import ReadResult, expand_paths, read_conversations
+from tunellm.data.record import Conversation
 from tunellm.data.templates import Template, get_template
 from tunellm.data.tokenize import TokenizedDataset, TokenizeOptions
 from tunellm.errors import DataError
@@ -57,17 +58,21 @@ def read_options_key(data: DataConfig) -> dict[str, Any]:
 
 def tokenized_training_set(
     paths: list[str], data: DataConfig, tokenizer: Any, template: Template
-) -> tuple[TokenizedDataset, ReadResult | None]:
-    """The tokenized set of `paths` from the cache when possible; the ReadResult when the files were read."""
+) -> TokenizedDataset:
+    """The tokenized set of `paths`, from the cache when possible.
+
+    `dataset.report.read_summary` says what reading found (records read, skipped ones with their
+    locations), also on a warm run that did not read the files.
+    """
     read: list[ReadResult] = []
 
-    def conversations() -> list:
+    def conversations() -> list[Conversation]:
         result = read_data(paths, data)
         check_template_fits(result, data, template)
         read.append(result)
         return result.conversations
 
-    dataset = load_or_tokenize(
+    return load_or_tokenize(
         conversations,
         expand_paths(paths),
         tokenizer,
@@ -75,5 +80,5 @@ def tokenized_training_set(
         TokenizeOptions.from_config(data),
         read_options=read_options_key(data),
         cache_dir=data.cache_dir,
+        describe_read=lambda: read[0].summary(),
     )
-    return dataset, (read[0] if read else None)

@@ -79,6 +79,7 @@ class TokenizeReport:
     fully_masked_sources: list[str] = field(default_factory=list)  # all of them; excluded from the data
     from_cache: bool = False
     cache_file: str | None = None
+    read_summary: str | None = None  # what reading the files found (skipped records), kept for warm runs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
