@@ -28,7 +28,9 @@ def read_data(paths: list[str], data: DataConfig, *, require_response: bool = Tr
 
 
 def is_plain_text(paths: list[str], data: DataConfig) -> bool:
-    return data.format == "text" or (data.format == "auto" and all(Path(p).suffix == ".txt" for p in paths))
+    if data.format != "auto":
+        return data.format == "text"
+    return bool(paths) and all(Path(path).suffix == ".txt" for path in paths)
 
 
 def choose_template(paths: list[str], data: DataConfig, tokenizer: Any, family_template: str | None = None) -> Template:
