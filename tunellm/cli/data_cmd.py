@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from tunellm.config import RunConfig, load_config
 from tunellm.data.prepare import read_data
+from tunellm.data.read import ReadResult
 
 app = typer.Typer(no_args_is_help=True, help="Convert, check and inspect training data.")
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -45,15 +47,29 @@ def resolve(args: list[str] | None, config: str | None, **shortcuts: Any) -> tup
     return run, files or list(run.data.train)
 
 
-def tokenizer_and_template(run: RunConfig, files: list[str]) -> tuple[Any, Any]:
+@dataclass
+class Inputs:
+    """What stats and preview work on: the records read, and the tokenizer, template and options of the run."""
+
+    result: ReadResult
+    tokenizer: Any
+    template: Any
+    options: Any
+
+
+def load_inputs(args: list[str] | None, config: str | None, **shortcuts: Any) -> Inputs:
     from transformers.utils import logging
 
     from tunellm.data.prepare import choose_template
+    from tunellm.data.tokenize import TokenizeOptions
     from tunellm.models.load import load_tokenizer_and_template
 
+    run, files = resolve(args, config, **shortcuts)
+    result = read_data(files, run.data)  # bad data fails before the tokenizer loads
     logging.disable_progress_bar()
     tokenizer, family_template = load_tokenizer_and_template(run.model)
-    return tokenizer, choose_template(files, run.data, tokenizer, family_template)
+    template = choose_template(files, run.data, tokenizer, family_template)
+    return Inputs(result, tokenizer, template, TokenizeOptions.from_config(run.data))
 
 
 @app.command()
@@ -93,17 +109,15 @@ def stats(
 ) -> None:
     """Rows, bad rows, prompt/response token lengths (describe table), truncation, and a histogram."""
     from tunellm.data.inspect import compute_stats, plot_histogram
-    from tunellm.data.tokenize import TokenizeOptions
 
-    run, files = resolve(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
-    result = read_data(files, run.data)
-    tokenizer, chosen = tokenizer_and_template(run, files)
-    data_stats = compute_stats(result, tokenizer, chosen, TokenizeOptions.from_config(run.data))
-    summary = data_stats.to_json() | {"template": chosen.name, "histogram": str(plot_histogram(data_stats, histogram))}
+    inputs = load_inputs(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
+    data_stats = compute_stats(inputs.result, inputs.tokenizer, inputs.template, inputs.options)
+    summary = data_stats.to_json() | {"template": inputs.template.name}
+    summary["histogram"] = str(plot_histogram(data_stats, histogram))
     if as_json:
         typer.echo(json.dumps(summary, ensure_ascii=False))
         return
-    console.print(result.summary())
+    console.print(inputs.result.summary())
     print_stats(summary)
 
 
@@ -140,25 +154,19 @@ def preview(
 ) -> None:
     """Show samples as the model sees them: trained tokens in green, masked (prompt) tokens dimmed."""
     from tunellm.data.inspect import token_runs
-    from tunellm.data.tokenize import TokenizeOptions
 
-    run, files = resolve(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
-    result = read_data(files, run.data)
-    tokenizer, chosen = tokenizer_and_template(run, files)
-    options = TokenizeOptions.from_config(run.data)
+    inputs = load_inputs(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
     out = Console(highlight=False, soft_wrap=True)
     marks = not out.is_terminal  # without colour, trained text is bracketed so the difference stays visible
-    out.print(
-        f"template {chosen.name}; [green]trained[/] vs [dim]masked[/]"
-        + (" ; trained text is in [[...]]" if marks else "")
-    )
-    for conversation in result.conversations[start : start + count]:
+    legend = "; trained text is in [[...]]" if marks else ""
+    out.print(f"template {inputs.template.name}; [green]trained[/] vs [dim]masked[/]{legend}")
+    shown = inputs.result.conversations[start : start + count]
+    if not shown:
+        console.print(f"no samples at index {start} (the data has {len(inputs.result.conversations)})")
+        sys.exit(1)
+    for conversation in shown:
         out.rule(str(conversation.source))
         text = Text()
-        for run_text, trained in token_runs(conversation, tokenizer, chosen, options):
-            shown = f"[[{run_text}]]" if trained and marks else run_text
-            text.append(shown, style="bold green" if trained else "dim")
+        for run_text, trained in token_runs(conversation, inputs.tokenizer, inputs.template, inputs.options):
+            text.append(f"[[{run_text}]]" if trained and marks else run_text, style="bold green" if trained else "dim")
         out.print(text)
-    if not result.conversations[start : start + count]:
-        console.print(f"no samples at index {start} (the data has {len(result.conversations)})")
-        sys.exit(1)
