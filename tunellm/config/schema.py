@@ -115,8 +115,14 @@ class TrainConfig(Section):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"], description="loggers beside train_log.jsonl; [] or none for none"
     )
-    best_metric: str = Field("eval_loss", description="dev-set metric that picks the best checkpoint (best.json)")
-    greater_is_better: bool = Field(False, description="whether a higher best_metric is better")
+    best_metric: str = Field(
+        "eval_loss",
+        description="dev-set metric that picks the best checkpoint (best.json): eval_loss, or a task metric "
+        "such as accuracy, ie_f1, rougeL, exact_match (scored by generation on up to eval.max_rows rows)",
+    )
+    greater_is_better: bool | None = Field(
+        None, description="whether a higher best_metric is better; empty: the metric's own direction"
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -135,6 +141,19 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     max_new_tokens: int = Field(128, gt=0, description="longest generated answer")
     max_rows: int | None = Field(200, gt=0, description="rows of the dev set scored by generation during training")
+    task_metrics: bool | None = Field(
+        None,
+        description="during training, also generate on the dev set at eval_steps and compute the task metrics; "
+        "empty: only when train.best_metric is a task metric",
+    )
+    group_by: str = Field(
+        "auto",
+        description="score breakdown: auto (task_dataset, else task_type, else the task kind found in the data), "
+        "kind, none, or any record field",
+    )
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="generation engine of tunellm eval; auto takes vLLM when installed on a CUDA machine"
+    )
 
 
 class RunConfig(Section):

@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from tunellm.config.schema import RunConfig, TrainConfig
 from tunellm.errors import ConfigError, DataError
+from tunellm.methods import enable_activation_checkpointing
 from tunellm.train.checkpoint import (
     config_changes,
     find_resume,
@@ -150,13 +151,22 @@ def _setup(cfg: TrainConfig, train_data: Any, accelerator: Any | None) -> tuple[
     return accelerator, output_dir
 
 
+def greater_is_better(cfg: TrainConfig) -> bool:
+    """`train.greater_is_better`, or when unset the direction of `best_metric` (lower for eval_loss)."""
+    if cfg.greater_is_better is not None:
+        return cfg.greater_is_better
+    from tunellm.evaluate.metrics import higher_is_better  # same stage; loaded only when it is needed
+
+    return higher_is_better(cfg.best_metric)
+
+
 def _eval_and_pick_best(cfg: TrainConfig, state: TrainState, metrics: dict[str, float]) -> bool:
     if cfg.best_metric not in metrics:
         raise ConfigError(
             f"best_metric '{cfg.best_metric}' is not computed", field="train.best_metric", expected=", ".join(metrics)
         )
     value = metrics[cfg.best_metric]
-    if not state.improves(value, cfg.greater_is_better):
+    if not state.improves(value, greater_is_better(cfg)):
         return False
     state.best_step, state.best_value = state.global_step, value
     return True
@@ -192,11 +202,13 @@ def fit(
     accelerator: Any | None = None,
     param_groups: list[dict[str, Any]] | None = None,
     show_progress: bool = True,
+    dev_scorer: Callable[[Any], dict[str, float]] | None = None,
 ) -> FitResult:
     """Train `model` (a peft model or any PreTrainedModel) on `train_data` rows {input_ids, labels}.
 
     Resumes per `train.resume`, evaluates on `dev_data` (may be None) every `eval_steps`, checkpoints every
     `save_steps`, at each new best and at the end. `param_groups` lets a method set its own optimizer groups.
+    `dev_scorer(model)` adds task metrics (generated on dev rows) to each evaluation, for `best_metric`.
     """
     cfg = config.train if isinstance(config, RunConfig) else config
     resolved = (
@@ -210,7 +222,7 @@ def fit(
     if resume_from is None and cfg.init_adapter:
         load_trainable(model, Path(cfg.init_adapter))
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, cfg, param_groups)
     model, optimizer = accelerator.prepare(model, optimizer)
     plan = StepPlan.make(cfg, len(train_data), accelerator.num_processes)
@@ -275,6 +287,9 @@ def fit(
             improved = evaluated = False
             if dev_data is not None and len(dev_data) > 0 and (step % cfg.eval_steps == 0 or last):
                 metrics = evaluate(accelerator, model, dev_data, cfg.per_device_eval_batch_size, pad_id)
+                if dev_scorer is not None:
+                    with accelerator.autocast():
+                        metrics.update(dev_scorer(accelerator.unwrap_model(model)))
                 entry = {"step": step, "epoch": epoch, **metrics, "elapsed": round(time.monotonic() - started, 3)}
                 state.history.append(entry)
                 runlog.write(entry)
@@ -283,7 +298,7 @@ def fit(
                 state.pending_loss = float(pending)
                 save_checkpoint(output_dir, state, **saving)
                 if accelerator.is_main_process:
-                    write_best(output_dir, state, cfg.best_metric, cfg.greater_is_better)
+                    write_best(output_dir, state, cfg.best_metric, greater_is_better(cfg))
                     prune(output_dir, cfg.save_total_limit, state.best_step)
             if evaluated or step % cfg.save_steps == 0 or last:
                 runlog.plot(state.history)

@@ -1,0 +1,162 @@
+"""`tunellm eval` as one function: load each model, score it, write what it found, compare models side by side.
+
+`--compare` scores the base model by switching the adapter off in the loaded checkpoint (peft's
+`disable_adapter`), so the base is read with the same tokenizer, template and data options, and costs no
+second load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tunellm.config.load import load_config
+from tunellm.errors import ConfigError
+from tunellm.evaluate.report import bar_chart, differences, markdown_report
+from tunellm.evaluate.run import (
+    EvalResult,
+    describe_model,
+    evaluate_model,
+    read_eval_data,
+    rounded,
+    write_json_atomic,
+    write_result,
+)
+from tunellm.evaluate.vllm_backend import VllmGenerator, pick_backend
+from tunellm.infer.generate import SamplingOptions
+from tunellm.infer.load import ADAPTER_CONFIG, InferenceModel, load_for_inference
+
+REPORT_FILE = "metrics.md"
+CHART_FILE = "metrics.png"
+COMPARISON_FILE = "comparison.json"
+
+
+@dataclass
+class EvalRequest:
+    data: list[str]
+    adapters: list[str] = field(default_factory=list)  # none: the base model alone
+    model: str | None = None
+    template: str | None = None
+    compare: bool = False  # also score the base model (the first adapter switched off)
+    overrides: list[str] = field(default_factory=list)
+    output: Path | None = None
+    batch_size: int = 8
+    max_rows: int | None = None
+    max_new_tokens: int | None = None
+    backend: str | None = None  # None: eval.backend
+    device: str | None = None
+    show_progress: bool = False
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def check_request(request: EvalRequest) -> str:
+    """Fail before loading anything; returns the generation backend."""
+    if request.compare and not request.adapters:
+        raise ConfigError(
+            "--compare needs an --adapter: it scores the base model beside the tuned one",
+            field="--compare",
+            hint="tunellm eval DATA --adapter runs/latest --compare",
+        )
+    if request.output is not None and request.output.exists() and not request.output.is_dir():
+        raise ConfigError("--output must be a folder", file=str(request.output), field="--output")
+    config = load_config(None, request.overrides)
+    backend, note = pick_backend(request.backend or config.eval.backend)
+    _say(note)
+    return backend
+
+
+@contextlib.contextmanager
+def adapter_off(loaded: InferenceModel) -> Iterator[None]:
+    switch = getattr(loaded.model, "disable_adapter", None)
+    if loaded.checkpoint is None or switch is None or not (loaded.checkpoint / ADAPTER_CONFIG).is_file():
+        raise ConfigError(
+            "--compare scores the base model by switching the adapter off, and this checkpoint holds a whole model",
+            file=str(loaded.checkpoint),
+            field="--compare",
+            hint="give the base model folder as the first --adapter, without --compare",
+        )
+    with switch():
+        yield
+
+
+def label_for(loaded: InferenceModel, taken: Sequence[str]) -> str:
+    if loaded.checkpoint is None:
+        return Path(loaded.config.model.name_or_path or "default").name
+    label = loaded.checkpoint.name
+    if label in taken:
+        label = f"{loaded.checkpoint.parent.name}/{label}"
+    while label in taken:
+        label += "'"
+    return label
+
+
+def evaluate_checkpoints(request: EvalRequest, say: Callable[[str], None] = _say) -> list[EvalResult]:
+    """Score every requested model on the data (base first with --compare); write outputs when asked."""
+    backend = check_request(request)
+    results: list[EvalResult] = []
+    for adapter in request.adapters or [None]:
+        loaded = load_for_inference(
+            adapter, model=request.model, template=request.template, overrides=request.overrides, device=request.device
+        )
+        conversations = read_eval_data(request.data, loaded.config, request.max_rows)
+        label = label_for(loaded, ["base"] * request.compare + [r.label for r in results])
+        say(f"{label}: {describe_model(loaded)}, template {loaded.template.name}, {len(conversations)} records")
+        options = SamplingOptions(max_new_tokens=request.max_new_tokens or loaded.config.eval.max_new_tokens)
+        vllm = VllmGenerator(loaded) if backend == "vllm" else None
+        run = partial(
+            evaluate_model,
+            loaded,
+            conversations,
+            options,
+            batch_size=request.batch_size,
+            show_progress=request.show_progress,
+        )
+        if request.compare and not results:
+            with adapter_off(loaded):
+                base = run(label="base", generator=partial(vllm, use_adapter=False) if vllm else None)
+            base.model = f"{loaded.config.model.name_or_path or 'the embedded default model'} ({label} switched off)"
+            results.append(base)
+        results.append(run(label=label, generator=vllm))
+        del loaded, vllm, run
+        _free_memory()
+    if request.output is not None:
+        write_outputs(results, request.output)
+    return results
+
+
+def _free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def write_outputs(results: Sequence[EvalResult], folder: Path) -> dict[str, Path]:
+    """metrics.json and predictions.jsonl (per model in a sub-folder when several), metrics.md, metrics.png,
+    and for several models comparison.json with each model's scores and its differences to the first."""
+    written = {"report": folder / REPORT_FILE, "chart": folder / CHART_FILE}
+    if len(results) == 1:
+        write_result(results[0], folder)
+    else:
+        for result in results:
+            write_result(result, folder / result.label.replace("/", "_"))
+        comparison: dict[str, Any] = {
+            "models": {r.label: {"model": r.model, "overall": r.overall, "groups": r.groups} for r in results},
+            "differences_to": results[0].label,
+            "differences": differences(results),
+        }
+        written["comparison"] = folder / COMPARISON_FILE
+        write_json_atomic(written["comparison"], rounded(comparison))
+    written["report"].write_text(markdown_report(results), encoding="utf-8")
+    bar_chart(results, written["chart"])
+    return written

@@ -1,0 +1,100 @@
+"""Task metrics during training: at each eval step, generate on up to `eval.max_rows` dev rows and score them.
+
+`fit(..., dev_scorer=make_dev_scorer(...))` merges the returned metrics into the eval entry beside
+eval_loss, so `train.best_metric` may be a task metric (accuracy, ie_f1, rougeL, ...). Rows are taken
+spread evenly over the dev set and are the same at every step, so steps compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tunellm.config.schema import RunConfig
+from tunellm.data.prepare import read_data
+from tunellm.data.record import Conversation
+from tunellm.data.templates import Template
+from tunellm.data.tokenize import TokenizeOptions
+from tunellm.errors import ConfigError
+from tunellm.evaluate.metrics import LOSS_KEYS, metric_of, score_rows
+from tunellm.evaluate.run import hf_generator, pick_rows, score_conversations
+from tunellm.infer.generate import SamplingOptions
+
+DevScorer = Callable[[Any], dict[str, float]]
+
+
+def check_best_metric(config: RunConfig) -> None:
+    """`train.best_metric` must be eval_loss or a key some metric reports; cheap, so run it before loading."""
+    key = config.train.best_metric
+    metric_of(key)
+    if key.removeprefix("eval_") in LOSS_KEYS and key != "eval_loss":
+        raise ConfigError(
+            f"best_metric '{key}' is not computed during training",
+            field="train.best_metric",
+            hint="use eval_loss: perplexity ranks checkpoints as the loss does",
+        )
+
+
+def wants_task_metrics(config: RunConfig) -> bool:
+    if config.eval.task_metrics is not None:
+        return config.eval.task_metrics
+    return config.train.best_metric != "eval_loss"
+
+
+def read_dev_conversations(config: RunConfig) -> list[Conversation]:
+    """The records of `data.dev`; without dev files, the `data.dev_split` share of the training records.
+
+    The split repeats `tunellm train`'s (a seeded permutation, the first share held out), which is drawn over
+    tokenized samples: the two agree when tokenization excluded no record (none left without a trained token).
+    """
+    if config.data.dev:
+        return read_data(config.data.dev, config.data).conversations
+    if config.data.dev_split <= 0 or not config.data.train:
+        return []
+    records = read_data(config.data.train, config.data).conversations
+    held = min(max(1, round(len(records) * config.data.dev_split)), len(records))
+    order = np.random.default_rng(config.train.seed).permutation(len(records))
+    return [records[i] for i in sorted(order[:held].tolist())]
+
+
+def make_dev_scorer(
+    config: RunConfig, tokenizer: Any, template: Template, dev_conversations: Sequence[Conversation]
+) -> DevScorer | None:
+    """A callable model -> {metric: value} for `fit`, or None when no task metric is wanted (or no dev rows)."""
+    check_best_metric(config)
+    if not wants_task_metrics(config):
+        return None
+    rows = pick_rows([c for c in dev_conversations if c.has_response], config.eval.max_rows)
+    if not rows:
+        if config.train.best_metric != "eval_loss":
+            raise ConfigError(
+                f"best_metric '{config.train.best_metric}' needs dev records with answers",
+                field="data.dev",
+                hint="give dev files (data.dev) or set data.dev_split",
+            )
+        return None
+    options = SamplingOptions(max_new_tokens=config.eval.max_new_tokens)
+    tokenize_options = TokenizeOptions.from_config(config.data)
+    batch_size = config.train.per_device_eval_batch_size
+
+    def score(model: Any) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            generator = hf_generator(model, tokenizer, template, batch_size)
+            scored, _ = score_conversations(rows, generator, options, tokenize_options, group_by="none")
+        finally:
+            model.train(was_training)
+        return {k: v for k, v in score_rows(scored).items() if k not in ("rows", "scored")}
+
+    return score
+
+
+def dev_scorer_for(config: RunConfig, tokenizer: Any, template: Template) -> DevScorer | None:
+    """`make_dev_scorer` on `read_dev_conversations(config)`; reads nothing when no task metric is wanted."""
+    check_best_metric(config)
+    if not wants_task_metrics(config):
+        return None
+    return make_dev_scorer(config, tokenizer, template, read_dev_conversations(config))

@@ -1,0 +1,101 @@
+"""Optional fast generation with vLLM on a CUDA machine, the adapter served as a LoRA (never merged).
+
+Prompts are tokenized by tunellm (the same ids as transformers generation gets) and handed to vLLM as
+token ids; EOS ids and the template's stop strings stop a reply as they do in `infer.generate`.
+vLLM is an optional extra; without it, or without CUDA, `pick_backend` says so and evaluation
+generates with transformers. This path is not exercised by the CPU test suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunellm.data.record import Conversation
+from tunellm.data.tokenize import TokenizeOptions
+from tunellm.errors import ConfigError
+from tunellm.infer.generate import Generation, SamplingOptions, encode_prompts, find_stops
+from tunellm.infer.load import ADAPTER_CONFIG, InferenceModel
+from tunellm.models.tokenizer import model_location
+
+GPU_SHARE = 0.5  # the transformers copy of the model (for the loss) stays on the same GPU
+
+
+def vllm_unavailable() -> str | None:
+    """Why vLLM cannot be used here, or None when it can."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (pip install vllm, on a CUDA machine)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA device and none is visible"
+    return None
+
+
+def pick_backend(choice: str) -> tuple[str, str]:
+    """(backend, a line saying which engine generates and why)."""
+    if choice == "transformers":
+        return "transformers", "generation: transformers"
+    why = vllm_unavailable()
+    if why is None:
+        return "vllm", "generation: vLLM"
+    if choice == "vllm":
+        raise ConfigError(f"--backend vllm: {why}", field="eval.backend", hint="use --backend transformers")
+    return "transformers", f"generation: transformers ({why})"
+
+
+class VllmGenerator:
+    """One vLLM engine per base model; each call may name a LoRA checkpoint or none (the base model)."""
+
+    def __init__(self, loaded: InferenceModel) -> None:
+        from vllm import LLM
+
+        location, gguf_file = model_location(loaded.config.model)
+        self.loaded = loaded
+        self.lora_rank = getattr(loaded.config.method, "r", 8)
+        self.engine = LLM(
+            model=str(Path(location) / gguf_file) if gguf_file else location,
+            tokenizer=str(loaded.checkpoint or location),
+            enable_lora=loaded.checkpoint is not None,
+            max_lora_rank=max(8, self.lora_rank),
+            gpu_memory_utilization=GPU_SHARE,
+            trust_remote_code=loaded.config.model.trust_remote_code,
+        )
+
+    def __call__(
+        self,
+        conversations: Sequence[Conversation],
+        options: SamplingOptions,
+        tokenize_options: TokenizeOptions,
+        *,
+        use_adapter: bool = True,
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        loaded = self.loaded
+        prompts = encode_prompts(conversations, loaded.tokenizer, loaded.template, tokenize_options)
+        stops = find_stops(loaded.model, loaded.tokenizer, loaded.template)
+        params = SamplingParams(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k or -1,
+            repetition_penalty=options.repetition_penalty,
+            max_tokens=options.max_new_tokens,
+            seed=options.seed,
+            stop=list(stops.texts),
+            stop_token_ids=sorted(stops.eos_ids),
+        )
+        checkpoint = loaded.checkpoint
+        lora = None
+        if use_adapter and checkpoint is not None and (checkpoint / ADAPTER_CONFIG).is_file():
+            lora = LoRARequest("adapter", 1, str(checkpoint))
+        outputs = self.engine.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=lora)
+        return [_generation(prompt, output.outputs[0]) for prompt, output in zip(prompts, outputs, strict=True)]
+
+
+def _generation(prompt: Sequence[int], completion: Any) -> Generation:
+    reason = "length" if completion.finish_reason == "length" else "stop"
+    return Generation(completion.text, reason, len(prompt), len(completion.token_ids))
