@@ -5,9 +5,8 @@ from __future__ import annotations
 import typer
 
 from tunellm import __version__
-from tunellm.cli import chat_cmd, config_cmd, data_cmd, model_cmd, predict_cmd
+from tunellm.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, model_cmd, predict_cmd, train_cmd
 from tunellm.cli.errors import run_with_clean_errors
-from tunellm.cli.train_cmd import train
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,12 +14,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="tunellm: fine-tune chat LLMs on your instruction data. Add --debug for tracebacks.",
 )
-app.command("train")(train)
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(model_cmd.app, name="model")
+# listed in the order of the data flow
+app.add_typer(data_cmd.app, name="data")
+app.command("train")(train_cmd.train)
+app.command("eval")(eval_cmd.evaluate)
 app.command("chat")(chat_cmd.chat)
 app.command("predict")(predict_cmd.predict)
-app.add_typer(data_cmd.app, name="data")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(model_cmd.app, name="model")
 
 
 @app.command()

@@ -58,9 +58,7 @@ def read_options_key(data: DataConfig) -> dict[str, Any]:
     return data.model_dump(include={"format", "columns", "placeholders", "text_unit", "system", "skip_bad"})
 
 
-def tokenized_training_set(
-    paths: list[str], data: DataConfig, tokenizer: Any, template: Template
-) -> TokenizedDataset:
+def tokenized_training_set(paths: list[str], data: DataConfig, tokenizer: Any, template: Template) -> TokenizedDataset:
     """The tokenized set of `paths`, from the cache when possible.
 
     `dataset.report.read_summary` says what reading found (records read, skipped ones with their

@@ -1,0 +1,44 @@
+"""`python -m tests.e2e.hooked_cli train ...` is `tunellm train ...` that can be caught at a chosen moment.
+
+TUNELLM_TEST_STEP_DELAY=S        sleep S seconds after each step, so a SIGKILL from outside lands at a random step
+TUNELLM_TEST_HANG_IN_SAVE=N      inside the writing of checkpoint N (files written and fsynced, not yet renamed)
+TUNELLM_TEST_MARKER=PATH         touch PATH and wait to be killed
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def install_hooks() -> None:
+    from tunellm.train import checkpoint, log
+
+    hang_in_save = os.environ.get("TUNELLM_TEST_HANG_IN_SAVE")
+    if hang_in_save:
+        fsync_tree = checkpoint._fsync_tree
+
+        def hang(folder: Path) -> None:
+            fsync_tree(folder)
+            if folder.name == f"{checkpoint.TMP_PREFIX}{hang_in_save}":
+                Path(os.environ["TUNELLM_TEST_MARKER"]).touch()
+                time.sleep(600)
+
+        checkpoint._fsync_tree = hang
+    delay = float(os.environ.get("TUNELLM_TEST_STEP_DELAY", "0"))
+    if delay:
+        advance = log.RunLog.advance
+
+        def slow_advance(self, step: int, epoch: float) -> None:
+            advance(self, step, epoch)
+            time.sleep(delay)
+
+        log.RunLog.advance = slow_advance
+
+
+if __name__ == "__main__":
+    install_hooks()
+    from tunellm.cli.main import main
+
+    main()

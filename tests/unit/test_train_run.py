@@ -1,0 +1,56 @@
+"""What `tunellm train` does before the model loads: the dev split, the input checks, the flag shortcuts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunellm.cli.train_cmd import shortcut_overrides
+from tunellm.config.load import load_config
+from tunellm.errors import ConfigError, DataError
+from tunellm.train.run import check_inputs, split_dev
+
+
+def indices(subset) -> list[int]:
+    return [int(row) for row in (subset[i] for i in range(len(subset)))]
+
+
+def test_dev_split_is_seeded_disjoint_and_whole():
+    data = list(range(50))
+    train, dev = split_dev(data, 0.2, seed=7)
+    assert len(dev) == 10 and len(train) == 40
+    assert set(indices(train)).isdisjoint(indices(dev))
+    assert sorted(indices(train) + indices(dev)) == data
+    assert indices(train) == sorted(indices(train))  # training rows keep their order
+    again_train, again_dev = split_dev(data, 0.2, seed=7)
+    assert indices(again_dev) == indices(dev) and indices(again_train) == indices(train)
+    assert indices(split_dev(data, 0.2, seed=8)[1]) != indices(dev)
+
+
+def test_dev_split_holds_out_at_least_one_row_and_leaves_at_least_one():
+    assert len(split_dev(list(range(5)), 0.01, seed=0)[1]) == 1
+    with pytest.raises(DataError, match="leaves no training rows"):
+        split_dev([0], 0.5, seed=0)
+
+
+def test_flags_are_shortcuts_for_keys():
+    overrides = shortcut_overrides(["data/a*.jsonl", "c:/b.json"], ["dev.jsonl"], "out: 1", "org/model")
+    config = load_config(None, [*overrides, "data.dev=[other.jsonl]"])
+    assert config.data.train == ["data/a*.jsonl", "c:/b.json"]
+    assert config.data.dev == ["other.jsonl"]  # key=value comes last and wins
+    assert config.train.output_dir == "out: 1"
+    assert config.model.name_or_path == "org/model"
+
+
+def test_inputs_are_checked_before_anything_loads(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n')
+    check_inputs(load_config(None, [f"data.train={data}", f"output_dir={tmp_path / 'new' / 'run'}"]))
+    with pytest.raises(DataError, match="no training data"):
+        check_inputs(load_config(None, []))
+    with pytest.raises(DataError, match="file not found"):
+        check_inputs(load_config(None, [f"data.train={data}", f"data.dev={tmp_path / 'dev.jsonl'}"]))
+    with pytest.raises(ConfigError, match="is a file"):
+        check_inputs(load_config(None, [f"data.train={data}", f"output_dir={data / 'run'}"]))
+    (tmp_path / "old" / "step-5").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        check_inputs(load_config(None, [f"data.train={data}", f"output_dir={tmp_path / 'old'}", "resume=never"]))

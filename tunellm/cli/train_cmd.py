@@ -1,0 +1,63 @@
+"""`tunellm train [CONFIG.yaml] [--data FILE ...] [--dev FILE ...] [--output DIR] [--model NAME] [key=value ...]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import typer
+
+from tunellm.cli.config_cmd import split_config_and_overrides
+from tunellm.config.load import load_config
+
+
+def shortcut_overrides(data: list[str], dev: list[str], output: str | None, model: str | None) -> list[str]:
+    """The flags as key=value overrides; values JSON-encoded so paths with `:` or `*` stay strings."""
+    overrides = []
+    if data:
+        overrides.append(f"data.train={json.dumps(data)}")
+    if dev:
+        overrides.append(f"data.dev={json.dumps(dev)}")
+    if output is not None:
+        overrides.append(f"train.output_dir={json.dumps(output)}")
+    if model is not None:
+        overrides.append(f"model.name_or_path={json.dumps(model)}")
+    return overrides
+
+
+def show_run_messages() -> None:
+    """Our own info lines (resuming from ...) on stderr; transformers' weight-loading bars off."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tunellm")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def train(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="CONFIG.yaml KEY=VALUE",
+        help="a config file (optional), then key=value overrides",
+        show_default=False,
+    ),
+    data: list[str] = typer.Option(None, "--data", help="training file or glob (repeatable): data.train"),
+    dev: list[str] = typer.Option(None, "--dev", help="dev file or glob (repeatable): data.dev"),
+    output: str = typer.Option(None, "--output", help="run folder: train.output_dir"),
+    model: str = typer.Option(None, "--model", help="model name or path: model.name_or_path"),
+) -> None:
+    """Fine-tune a model. Without a config file: LoRA on the embedded default model with default settings.
+
+    Later wins: CONFIG.yaml, then the flags, then key=value.
+
+    Running the same command again resumes from the newest checkpoint in the output folder.
+    """
+    path, overrides = split_config_and_overrides(args or [])
+    config = load_config(path, shortcut_overrides(data or [], dev or [], output, model) + overrides)
+    show_run_messages()
+    from tunellm.train.run import train_from_config
+
+    train_from_config(config)

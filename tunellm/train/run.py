@@ -1,0 +1,139 @@
+"""`tunellm train` as one function: check the inputs, load, tokenize, apply the method, fit, say where it all went.
+
+Everything that can fail without the model (data files, output folder, resume target, reporters) is checked
+before the model loads, so a typo costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Subset
+
+from tunellm.config.schema import RunConfig
+from tunellm.data.prepare import choose_template, tokenized_training_set
+from tunellm.data.read import expand_paths
+from tunellm.errors import ConfigError, DataError, ModelError
+from tunellm.evaluate import check_best_metric, dev_scorer_for
+from tunellm.methods import METHODS
+from tunellm.models.load import load_model
+from tunellm.train.checkpoint import BEST_FILE, find_resume
+from tunellm.train.log import CURVE_FILE, LOG_FILE, check_report_to
+from tunellm.train.loop import FitResult, fit
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def check_inputs(config: RunConfig) -> None:
+    """Fail now on what would otherwise fail after the model has loaded."""
+    if not config.data.train:
+        raise DataError("no training data given", field="data.train", hint="pass --data FILE, or set data.train")
+    for paths in (config.data.train, config.data.dev):
+        if paths:
+            expand_paths(paths)
+    check_writable(Path(config.train.output_dir))
+    check_report_to(config.train.report_to)
+    check_best_metric(config)
+    find_resume(Path(config.train.output_dir), config.train.resume)
+    adapter = config.train.init_adapter
+    if adapter and not Path(adapter).is_dir():
+        raise ModelError("adapter folder not found", file=adapter, field="train.init_adapter")
+
+
+def check_writable(output_dir: Path) -> None:
+    """The folder, or the nearest existing parent it would be created in, must be a writable folder."""
+    existing = output_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, not a folder", file=str(output_dir), field="train.output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{existing} is not writable", file=str(output_dir), field="train.output_dir", hint="choose another folder"
+        )
+
+
+def split_dev(dataset: Any, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Hold out a seeded `fraction` of the tokenized samples (at least one); the rest train, in their order.
+
+    Splitting after tokenization, by index, keeps the cached tokenized set whole whatever the fraction.
+    """
+    count = len(dataset)
+    held = min(max(1, round(count * fraction)), count)
+    if count - held < 1:
+        raise DataError(
+            f"data.dev_split={fraction} leaves no training rows out of {count}",
+            field="data.dev_split",
+            hint="lower dev_split, add rows, or give a dev file",
+        )
+    order = np.random.default_rng(seed).permutation(count)
+    return Subset(dataset, sorted(order[held:].tolist())), Subset(dataset, sorted(order[:held].tolist()))
+
+
+def prepare_data(config: RunConfig, tokenizer: Any, template: Any) -> tuple[Any, Any | None]:
+    """(train set, dev set or None), each data report printed."""
+    train = tokenized_training_set(config.data.train, config.data, tokenizer, template)
+    say(f"train data: {train.report.read_summary or 'tokenized set from the cache'}")
+    say("  " + train.report.summary().replace("\n", "\n  "))
+    if config.data.dev:
+        dev = tokenized_training_set(config.data.dev, config.data, tokenizer, template)
+        say(f"dev data: {dev.report.read_summary or 'tokenized set from the cache'}")
+        say("  " + dev.report.summary().replace("\n", "\n  "))
+        return train, dev
+    if config.data.dev_split > 0:
+        train, dev = split_dev(train, config.data.dev_split, config.train.seed)
+        say(f"dev data: {len(dev):,} of {len(train) + len(dev):,} samples held out (data.dev_split)")
+        return train, dev
+    return train, None
+
+
+def train_from_config(config: RunConfig) -> FitResult:
+    """Train as `config` says and return fit's result; `config` itself is left unchanged."""
+    import transformers
+
+    config = config.model_copy(deep=True)
+    check_inputs(config)
+    transformers.set_seed(config.train.seed)  # before loading and applying: the adapter's init draws from it
+    model, tokenizer, family = load_model(config.model)
+    say(f"model: {config.model.name_or_path or 'the embedded default'} ({family.name} family)")
+    family_template = family.template_for(tokenizer, model.config)
+    template = choose_template(config.data.train, config.data, tokenizer, family_template)
+    train, dev = prepare_data(config, tokenizer, template)
+    # chat, predict and eval read the template from the checkpoint's config.yaml: store the name, not `auto`
+    config.data.template = template.name
+    say(f"template: {template.name}")
+    transformers.set_seed(config.train.seed)  # reading the data from files or from the cache must not change it
+    model = METHODS.get(config.method.name).apply(model, config.method, family)
+    say(f"method: {config.method.name}, {trainable_summary(model)}")
+    result = fit(model, tokenizer, train, dev, config, dev_scorer=dev_scorer_for(config, tokenizer, template))
+    report_outputs(Path(config.train.output_dir), result, config)
+    return result
+
+
+def trainable_summary(model: Any) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def report_outputs(output_dir: Path, result: FitResult, config: RunConfig) -> None:
+    say(f"trained {result.global_step} steps; final train loss {_number(result.train_loss)}")
+    best_file = output_dir / BEST_FILE
+    if best_file.is_file():
+        best = json.loads(best_file.read_text(encoding="utf-8"))
+        say(f"best checkpoint: {output_dir / best['checkpoint']} ({best['metric']} {_number(best['value'])})")
+    say(f"last checkpoint: {result.last_checkpoint}")
+    say(f"log: {output_dir / LOG_FILE}")
+    say(f"loss curve: {output_dir / CURVE_FILE}")
+    if "tensorboard" in config.train.report_to:
+        say(f"TensorBoard: tensorboard --logdir {output_dir / 'tensorboard'}")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
