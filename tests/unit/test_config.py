@@ -131,3 +131,9 @@ def test_loading_config_imports_nothing_heavy():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")))
+def test_shipped_example_configs_validate(example):
+    config = load_config(example)
+    assert config.data.train and config.train.output_dir.startswith("runs/")
