@@ -195,3 +195,14 @@ def test_stop_helpers():
     assert held_back("Paris <|im", ["<|im_end|>"]) == 4
     assert held_back("Paris", ["<|im_end|>"]) == 0
     assert held_back("caf\ufffd", ["</s>"]) == 1
+
+
+def test_a_reply_cut_at_max_new_tokens_drops_a_broken_character(default_tokenizer):
+    from tunellm.infer.generate import Stops, finish_text
+
+    ids = default_tokenizer("您好，我可以提供建议", add_special_tokens=False)["input_ids"]
+    cut = ids[:-1]  # in SmolLM2's byte-level vocabulary a Chinese character spans several tokens
+    assert "\ufffd" in default_tokenizer.decode(cut) or default_tokenizer.decode(cut) == "您好，我可以提供建"
+    text, reason, count = finish_text(default_tokenizer, cut, Stops(frozenset(), (), ()), pad_id=-1)
+    assert reason == "length" and count == len(cut)
+    assert "\ufffd" not in text and text.startswith("您好，我可以提供")

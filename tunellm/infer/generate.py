@@ -106,8 +106,8 @@ def finish_text(tokenizer: Any, ids: Sequence[int], stops: Stops, pad_id: int) -
         text, _ = cut_at_stop(decode(tokenizer, ids[:end]), stops.texts)
         return text, "stop", end + 1
     text, stopped = cut_at_stop(decode(tokenizer, ids), stops.texts)
-    if not stopped:
-        return text, "length", len(ids)
+    if not stopped:  # cut at max_new_tokens, possibly inside a multi-byte character
+        return text.rstrip("\ufffd"), "length", len(ids)
     while ids and ids[-1] == pad_id:  # a row that stopped early is padded to the batch's length
         ids.pop()
     return text, "stop", len(ids)
