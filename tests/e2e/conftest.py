@@ -1,4 +1,4 @@
-"""A tiny random llama with the default tokenizer saved to a folder, and alpaca rows: `tunellm train` in seconds."""
+"""The installed CLI, its environment, and alpaca rows: with the tiny llama, `tunellm train` runs in seconds."""
 
 from __future__ import annotations
 
@@ -21,29 +21,6 @@ def tunellm_command() -> list[str]:
     """The installed console script, as a user runs it (`python -m tunellm` where it is not installed)."""
     script = Path(sys.executable).with_name("tunellm")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tunellm"]
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(default_tokenizer, tmp_path_factory) -> Path:
-    """Hidden 64, 2 layers, the default tokenizer's 49,152 ids; seeded, so every session builds the same weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from tunellm.models.families.base import llama_style_tiny
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = default_tokenizer
-    fields = llama_style_tiny(
-        "llama",
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def alpaca_rows(n: int) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
@@ -62,12 +62,7 @@ EXPECTED_KEYS = {"rows", "scored", "loss", "ppl", "exact_match", "accuracy", "an
 EXPECTED_KEYS |= {"ie_f1", "ie_precision", "ie_recall", "ie_parse_rate", "bleu4", "rouge1", "rouge2", "rougeL"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -76,26 +71,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, default_tokenizer) -> dict[str, Path]:
+def run(tmp_path_factory, default_tokenizer, tiny_llama_dir) -> dict[str, Path]:
     """A tiny base model folder, a step-2 LoRA checkpoint on it, and two data files."""
     root = tmp_path_factory.mktemp("eval")
-    base = root / "base"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(default_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(base)
-    default_tokenizer.save_pretrained(str(base))
+    base = tiny_llama_dir
     model = lora.apply(LlamaForCausalLM.from_pretrained(base), LoraMethod(r=4), family_for("llama"))
     torch.manual_seed(2)
     with torch.no_grad():  # B starts at zero: make the adapter change the output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tunellm.data.record import Conversation, Source, Turn
 from tunellm.data.templates import get_template
@@ -26,37 +26,15 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_llama(vocab: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(default_tokenizer):
+def model(default_tokenizer, tiny_llama):
     return tiny_llama(len(default_tokenizer))
 
 
-def successor_model(tokenizer, chain: list[int]) -> LlamaForCausalLM:
+def successor_model(tiny_llama, tokenizer, chain: list[int]) -> LlamaForCausalLM:
     """A tiny llama whose greedy continuation of token chain[i] is chain[i + 1].
 
     Large random embeddings dominate the residual stream of the (small-weighted) layers, and each
@@ -121,11 +99,11 @@ def chain_for(tokenizer, template, continuation: str) -> list[int]:
     return [int(prompt["input_ids"][-1]), *tokenizer(continuation, add_special_tokens=False)["input_ids"]]
 
 
-def test_multi_token_stop_string_stops_generation_and_is_cut(default_tokenizer):
+def test_multi_token_stop_string_stops_generation_and_is_cut(default_tokenizer, tiny_llama):
     template = get_template("alpaca", default_tokenizer)
     assert "### Instruction:" in template.stop_strings
     chain = chain_for(default_tokenizer, template, "Paris is nice. ### Instruction: More")
-    model = successor_model(default_tokenizer, chain)
+    model = successor_model(tiny_llama, default_tokenizer, chain)
     conversations = [chat("Capital of France?"), chat("Hello there, how are you today?"), chat("Hm")]
     results = generate(model, default_tokenizer, template, conversations, SamplingOptions(max_new_tokens=40))
     for result in results:
@@ -137,10 +115,10 @@ def test_multi_token_stop_string_stops_generation_and_is_cut(default_tokenizer):
     assert not any("#" in piece for piece in pieces)
 
 
-def test_eos_stops_generation_and_is_not_in_the_text(default_tokenizer):
+def test_eos_stops_generation_and_is_not_in_the_text(default_tokenizer, tiny_llama):
     template = get_template("auto", default_tokenizer)  # the tokenizer's ChatML: <|im_end|> ends a turn
     chain = chain_for(default_tokenizer, template, "It is Paris.<|im_end|>")
-    model = successor_model(default_tokenizer, chain)
+    model = successor_model(tiny_llama, default_tokenizer, chain)
     (result,) = generate(model, default_tokenizer, template, [chat("Capital of France?")], SamplingOptions())
     assert (result.text, result.finish_reason, result.completion_tokens) == ("It is Paris.", "stop", len(chain) - 1)
     assert "".join(stream(model, default_tokenizer, template, chat("Capital of France?"))) == "It is Paris."

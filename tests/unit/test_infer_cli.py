@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
@@ -24,13 +24,7 @@ from tunellm.models.families import family_for
 from tunellm.train.checkpoint import save_trainable, write_best
 from tunellm.train.state import TrainState
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_checkpoint(model, tokenizer, folder: Path, base: Path) -> None:
@@ -42,26 +36,10 @@ def write_checkpoint(model, tokenizer, folder: Path, base: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, default_tokenizer) -> dict[str, Path]:
+def run(tmp_path_factory, default_tokenizer, tiny_llama_dir) -> dict[str, Path]:
     """A tiny base model folder and a run folder with step-2 (best, in best.json) and step-4 checkpoints."""
     root = tmp_path_factory.mktemp("infer")
-    base = root / "base"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(default_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(base)
-    default_tokenizer.save_pretrained(str(base))
+    base = tiny_llama_dir
     out = root / "run"
     for step in (2, 4):
         model = lora.apply(LlamaForCausalLM.from_pretrained(base), LoraMethod(r=4), family_for("llama"))

@@ -29,13 +29,7 @@ TOKENIZER = types.SimpleNamespace(pad_token_id=0)
 TIME_KEYS = ("tokens_per_s", "elapsed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from more threads, and on 2 shared cores 2 threads run about 3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_base(seed: int = 0) -> LlamaForCausalLM:
