@@ -16,6 +16,7 @@ from tunellm.data.record import Conversation
 from tunellm.data.templates import Template
 from tunellm.data.tokenize import IGNORE_INDEX, TokenizeOptions, tokenize_conversations
 from tunellm.infer.generate import model_device
+from tunellm.train.loop import collate
 
 
 def tokenized_rows(
@@ -36,19 +37,6 @@ def tokenized_rows(
     return rows
 
 
-def _right_pad(samples: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
-    longest = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), longest), dtype=torch.long)
-    for i, sample in enumerate(samples):
-        n = len(sample["input_ids"])
-        ids[i, :n] = torch.as_tensor(sample["input_ids"], dtype=torch.long)
-        labels[i, :n] = torch.as_tensor(sample["labels"], dtype=torch.long)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
 @torch.no_grad()
 def row_losses(
     model: Any,
@@ -67,7 +55,7 @@ def row_losses(
     result = [(0.0, 0)] * len(samples)
     for start in range(0, len(present), batch_size):
         chosen = present[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in _right_pad([samples[i] for i in chosen], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate([samples[i] for i in chosen], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         targets = batch["labels"][:, 1:]
         losses = F.cross_entropy(
