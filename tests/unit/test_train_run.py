@@ -54,3 +54,18 @@ def test_inputs_are_checked_before_anything_loads(tmp_path):
     (tmp_path / "old" / "step-5").mkdir(parents=True)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         check_inputs(load_config(None, [f"data.train={data}", f"output_dir={tmp_path / 'old'}", "resume=never"]))
+
+
+def test_a_bad_record_stops_the_run_before_any_weights_load(tmp_path, tiny_llama_dir, monkeypatch):
+    from tunellm.train import run
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(run, "load_model", must_not_load)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ""}\n')
+    keys = [f"data.train={data}", f"model.name_or_path={tiny_llama_dir}", f"output_dir={tmp_path / 'out'}"]
+    config = load_config(None, [*keys, f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(DataError, match=r"train.jsonl, line 2, field 'output'"):
+        run.train_from_config(config)

@@ -20,7 +20,7 @@ from tunellm.data.read import expand_paths
 from tunellm.errors import ConfigError, DataError, ModelError
 from tunellm.evaluate import check_best_metric, dev_scorer_for
 from tunellm.methods import METHODS
-from tunellm.models.load import load_model
+from tunellm.models.load import load_model, load_tokenizer_and_template
 from tunellm.train.checkpoint import BEST_FILE, find_resume
 from tunellm.train.log import CURVE_FILE, LOG_FILE, check_report_to
 from tunellm.train.loop import FitResult, fit
@@ -99,16 +99,16 @@ def train_from_config(config: RunConfig) -> FitResult:
 
     config = config.model_copy(deep=True)
     check_inputs(config)
-    transformers.set_seed(config.train.seed)  # before loading and applying: the adapter's init draws from it
-    model, tokenizer, family = load_model(config.model)
-    say(f"model: {config.model.name_or_path or 'the embedded default'} ({family.name} family)")
-    family_template = family.template_for(tokenizer, model.config)
+    # the data is read and tokenized before any weights load: a bad record costs seconds, not a model load
+    tokenizer, family_template = load_tokenizer_and_template(config.model)
     template = choose_template(config.data.train, config.data, tokenizer, family_template)
+    say(f"template: {template.name}")
     train, dev = prepare_data(config, tokenizer, template)
     # chat, predict and eval read the template from the checkpoint's config.yaml: store the name, not `auto`
     config.data.template = template.name
-    say(f"template: {template.name}")
-    transformers.set_seed(config.train.seed)  # reading the data from files or from the cache must not change it
+    transformers.set_seed(config.train.seed)  # before loading and applying: the adapter's init draws from it
+    model, tokenizer, family = load_model(config.model)
+    say(f"model: {config.model.name_or_path or 'the embedded default'} ({family.name} family)")
     model = METHODS.get(config.method.name).apply(model, config.method, family)
     say(f"method: {config.method.name}, {trainable_summary(model)}")
     result = fit(model, tokenizer, train, dev, config, dev_scorer=dev_scorer_for(config, tokenizer, template))
