@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from tunellm import atomic
 from tunellm.data import cache
 from tunellm.data.cache import cache_key, default_cache_dir, load_or_tokenize
 from tunellm.data.record import Conversation, Source, Turn
@@ -115,7 +116,7 @@ def test_crash_before_rename_leaves_nothing_reusable(data, run, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt  # killed between writing the temporary file and renaming it
 
-    monkeypatch.setattr(cache.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         run(reader)
     assert cache_files(run.folder) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tunellm.atomic import write_jsonl_atomic
 from tunellm.config import RunConfig, load_config
 from tunellm.data.prepare import read_data
 from tunellm.data.read import ReadResult
@@ -84,14 +84,7 @@ def convert(
     """Read any supported format and write one normalized JSONL file (OpenAI-style messages)."""
     run, files = resolve(args, config, format=format, skip_bad=skip_bad)
     result = read_data(files, run.data, require_response=not prediction)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f".{output.name}.tmp")
-    with staging.open("w", encoding="utf-8") as sink:
-        for conversation in result.conversations:
-            sink.write(json.dumps(conversation.to_json(), ensure_ascii=False) + "\n")
-        sink.flush()
-        os.fsync(sink.fileno())
-    staging.replace(output)
+    write_jsonl_atomic(output, (conversation.to_json() for conversation in result.conversations))
     console.print(result.summary())
     console.print(f"wrote {len(result.conversations):,} records to {output}")
 

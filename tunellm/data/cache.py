@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 import tunellm
+from tunellm.atomic import atomic_open
 from tunellm.data.record import Conversation
 from tunellm.data.templates.base import Template
 from tunellm.data.tokenize import TokenizedDataset, TokenizeOptions, TokenizeReport, tokenize_conversations
@@ -187,29 +187,9 @@ def save_cached(dataset: TokenizedDataset, path: Path, key: str) -> None:
         "report": dataset.report.to_dict(),
     }
     meta_bytes = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, input_ids=dataset.input_ids, labels=dataset.labels, offsets=dataset.offsets, meta=meta_bytes)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temporary)
-        raise
-    fsync_folder(path.parent)
+    with atomic_open(path, "wb") as file:
+        np.savez(file, input_ids=dataset.input_ids, labels=dataset.labels, offsets=dataset.offsets, meta=meta_bytes)
     dataset.report.cache_file = str(path)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); not possible, and not needed, everywhere."""
-    with suppress(OSError):
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
 
 
 def remove_stale(folder: Path) -> None:

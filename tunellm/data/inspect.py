@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tunellm.atomic import atomic_open
 from tunellm.data.read import ReadResult
 from tunellm.data.record import Conversation
 from tunellm.data.templates import Template
@@ -103,10 +104,8 @@ def plot_histogram(stats: DataStats, path: Path) -> Path:
     axes.set_ylabel("samples")
     axes.set_title(f"{stats.rows:,} samples, {stats.truncated:,} truncated")
     axes.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    figure.savefig(staging, format="png")
-    staging.replace(path)
+    with atomic_open(path, "wb") as file:
+        figure.savefig(file, format="png")
     return path
 
 

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tunellm.atomic import write_json_atomic
 from tunellm.config.load import load_config
 from tunellm.errors import ConfigError
 from tunellm.evaluate.report import bar_chart, differences, markdown_report
@@ -25,7 +26,6 @@ from tunellm.evaluate.run import (
     evaluate_model,
     read_eval_data,
     rounded,
-    write_json_atomic,
     write_result,
 )
 from tunellm.evaluate.vllm_backend import VllmGenerator, pick_backend

@@ -7,15 +7,14 @@ a record without one is generated for but not scored.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tunellm.atomic import write_json_atomic, write_jsonl_atomic
 from tunellm.config.schema import RunConfig
 from tunellm.data.prepare import read_data
 from tunellm.data.record import Conversation
@@ -27,7 +26,7 @@ from tunellm.evaluate.metrics import score_rows
 from tunellm.evaluate.tasks import EvalRow, detect_kinds, group_of
 from tunellm.infer.generate import Generation, SamplingOptions, generate
 from tunellm.infer.load import InferenceModel
-from tunellm.infer.predict import progress_bar, split_reference, write_jsonl_atomic
+from tunellm.infer.predict import progress_bar, split_reference
 
 T = TypeVar("T")
 METRICS_FILE = "metrics.json"
@@ -166,16 +165,6 @@ def evaluate_model(
 def describe_model(loaded: InferenceModel) -> str:
     base = loaded.config.model.name_or_path or "the embedded default model"
     return f"{loaded.checkpoint} on {base}" if loaded.checkpoint else base
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_result(result: EvalResult, folder: Path) -> None:

@@ -9,14 +9,13 @@ to a temporary name and renamed, so it is either complete or absent.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunellm.atomic import write_jsonl_atomic
 from tunellm.data.prepare import read_data
 from tunellm.data.read import expand_paths
 from tunellm.data.record import Conversation
@@ -66,20 +65,6 @@ def prediction_row(conversation: Conversation, generation: Generation, reference
     if conversation.extra:
         row["extra"] = conversation.extra
     return row
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tunellm.atomic import fsync_path, write_json_atomic
 from tunellm.errors import ConfigError, ModelError
 from tunellm.train.state import TrainState, capture_rng, restore_rng
 
@@ -178,20 +179,10 @@ def _read_optimizer(folder: Path) -> dict[str, Any]:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _fsync(path: Path) -> None:
-    if path.is_dir() and not hasattr(os, "O_DIRECTORY"):
-        return  # directories cannot be opened for fsync on Windows
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        _fsync(path)
-    _fsync(folder)
+        fsync_path(path)
+    fsync_path(folder)
 
 
 def save_checkpoint(
@@ -233,7 +224,7 @@ def save_checkpoint(
         if final.exists():  # only when a finished run is saved again at the same step
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync(output_dir)
+        fsync_path(output_dir)
     accelerator.wait_for_everyone()
     restore_rng(rng)
     return final
@@ -285,9 +276,7 @@ def write_best(output_dir: Path, state: TrainState, metric: str, greater_is_bett
         "value": state.best_value,
         "greater_is_better": greater_is_better,
     }
-    tmp = output_dir / (BEST_FILE + ".tmp")
-    _write_json(tmp, best)
-    os.replace(tmp, output_dir / BEST_FILE)
+    write_json_atomic(output_dir / BEST_FILE, best)
 
 
 def prune(output_dir: Path, limit: int | None, best_step: int | None) -> list[Path]:

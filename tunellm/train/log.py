@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tunellm.atomic import atomic_open
 from tunellm.errors import ConfigError
 
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module to import
@@ -54,9 +55,8 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
     axes.grid(alpha=0.3)
     if history:
         axes.legend()
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as file:
+        figure.savefig(file, format="png")
 
 
 class RunLog:
