@@ -6,15 +6,22 @@ Every field carries a description: `tunellm config example` is generated from th
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
+
+from tunellm.config.methods import (
+    METHOD_CONFIGS,
+    FreezeMethod,
+    FullMethod,
+    LoraMethod,
+    Method,
+    PTuningV2Method,
+    QLoraMethod,
+)
+from tunellm.config.section import Section
 
 FORMATS = ("auto", "alpaca", "context_target", "promptcblue", "chatglm", "sharegpt", "openai", "text")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -67,20 +74,6 @@ class DataConfig(Section):
     @classmethod
     def one_file_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
-
-
-class LoraMethod(Section):
-    name: Literal["lora"] = "lora"
-    r: int = Field(8, gt=0, validation_alias=AliasChoices("r", "lora_rank"), description="LoRA rank")
-    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: str | list[str] = Field(
-        "auto", description="modules to adapt: auto (the family's default), all-linear, or a list of names"
-    )
-    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapter")
-
-
-Method = Annotated[LoraMethod, Field(discriminator="name")]
 
 
 class TrainConfig(Section):
@@ -167,7 +160,13 @@ class RunConfig(Section):
 SECTIONS: dict[str, list[type[Section]]] = {
     "model": [ModelConfig],
     "data": [DataConfig],
-    "method": [LoraMethod],
+    "method": list(METHOD_CONFIGS),
     "train": [TrainConfig],
     "eval": [EvalConfig],
 }
+
+
+__all__ = [
+    "SECTIONS", "DataConfig", "EvalConfig", "FreezeMethod", "FullMethod", "LoraMethod", "Method", "ModelConfig",
+    "PTuningV2Method", "QLoraMethod", "RunConfig", "Section", "TrainConfig",
+]  # fmt: skip

@@ -1,7 +1,15 @@
 """What a tuning method plug-in provides, and the registry the train loop looks methods up in.
 
-A method is a module with `apply(model, method_config, family)` returning the model to train,
-`save(model, folder)` writing only what the method trained, and `load(base_model, folder)`.
+A method is a module registered in METHODS under its config's `name`, with:
+- `Config`: its options class (declared in `tunellm/config/methods.py`, so configs load without torch);
+- `apply(model, config, family)`: the model to train, with only the method's parameters trainable;
+- `save(model, folder)`: write what inference needs (adapter, trained tensors or the whole model);
+- `load(base_model, folder, trainable=False)`: the trained model again, from a fresh base model;
+- `supports_merge` and `merge(model)`: a plain transformers model holding the trained weights.
+Optional hooks, looked up with `getattr`: `check(config)` fails before anything loads (QLoRA without CUDA);
+`load_options(config)` adds `from_pretrained` arguments (quantization); `param_groups(model, config, train)`
+and `optimizer(groups, config, train)` shape the optimizer (LoRA+, paged 8-bit AdamW); `restore(model, folder)`
+puts a checkpoint's trained weights back in place for resume, when `save` writes another form (PiSSA).
 """
 
 from __future__ import annotations
@@ -15,14 +23,24 @@ from tunellm.registry import Registry
 
 
 class Method(Protocol):
-    def apply(self, model: nn.Module, method: Any, family: Any) -> nn.Module: ...
+    Config: type
+    supports_merge: bool
+
+    def apply(self, model: nn.Module, config: Any, family: Any) -> nn.Module: ...
 
     def save(self, model: nn.Module, folder: str | Path) -> None: ...
 
     def load(self, base_model: nn.Module, folder: str | Path, *, trainable: bool = False) -> nn.Module: ...
 
+    def merge(self, model: nn.Module) -> nn.Module: ...
+
 
 METHODS: Registry[Method] = Registry("tuning method")
+
+
+def hook(method: Any, name: str) -> Any:
+    """The method's optional hook `name`, or None."""
+    return getattr(method, name, None)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

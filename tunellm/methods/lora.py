@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from tunellm.config.schema import LoraMethod
+from tunellm.config.methods import LoraMethod
 from tunellm.errors import ConfigError, ModelError
 from tunellm.methods.base import METHODS
 
@@ -88,6 +88,15 @@ def load_adapter(base_model: nn.Module, folder: str | Path, *, trainable: bool =
         return PeftModel.from_pretrained(base_model, str(folder), is_trainable=trainable)
 
 
+def merge(model: PeftModel) -> nn.Module:
+    """Fold the adapter into the base weights and drop the peft wrapper."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return model.merge_and_unload()
+
+
+Config = LoraMethod
+supports_merge = True
 save = save_adapter
 load = load_adapter
 METHODS.register("lora")(sys.modules[__name__])
