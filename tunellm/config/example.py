@@ -7,7 +7,10 @@ import json
 import yaml
 from pydantic import BaseModel
 
+from tunellm.config.methods import METHOD_CONFIGS
 from tunellm.config.schema import SECTIONS, RunConfig
+
+METHOD_NAMES = [model.model_fields["name"].default for model in METHOD_CONFIGS]
 
 SECTION_TITLES = {
     "model": "which model to tune",
@@ -35,14 +38,28 @@ def example_yaml() -> str:
     for section, models in SECTIONS.items():
         lines += ["", f"# {SECTION_TITLES[section]}", f"{section}:"]
         values: BaseModel = getattr(defaults, section)
+        shown: set[str] = set()
         for model in models:
-            for name, info in model.model_fields.items():
-                comment = info.description or ""
-                if section == "method" and name == "name":
-                    comment = "tuning method"
-                aliases = [a for a in getattr(info.validation_alias, "choices", []) or [] if a != name]
-                if aliases:
-                    comment += f" (also: {', '.join(map(str, aliases))})"
-                value = getattr(values, name)
-                lines.append(f"  {name}: {yaml_value(value)}" + (f"  # {comment}" if comment else ""))
+            own = [name for name in model.model_fields if name not in shown]
+            if model is not type(values):  # another method: its own keys, commented out
+                if own:
+                    shared = set(model.model_fields) & shown - {"name"}
+                    takes = "the keys above and" if shared else "only"
+                    lines.append(f"  # name: {model.model_fields['name'].default} takes {takes}:")
+                    lines += [f"  # {line}" for line in field_lines(model, own, model())]
+            else:
+                lines += field_lines(model, own, values, method=section == "method")
+            shown |= set(own)
     return "\n".join(lines) + "\n"
+
+
+def field_lines(model: type[BaseModel], names: list[str], values: BaseModel, method: bool = False) -> list[str]:
+    lines = []
+    for name in names:
+        info = model.model_fields[name]
+        comment = "tuning method: " + ", ".join(METHOD_NAMES) if method and name == "name" else info.description or ""
+        aliases = [a for a in getattr(info.validation_alias, "choices", []) or [] if a != name]
+        if aliases:
+            comment += f" (also: {', '.join(map(str, aliases))})"
+        lines.append(f"  {name}: {yaml_value(getattr(values, name))}" + (f"  # {comment}" if comment else ""))
+    return lines

@@ -106,23 +106,39 @@ def canonical(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
 def set_path(config: dict[str, Any], section: str, path: list[str], value: Any) -> None:
     node = config.setdefault(section, {})
     for part in path[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # a saved config.yaml holds `rope_scaling: null`; a dotted key fills it in
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set '{'.'.join([section, *path])}': '{part}' is not a mapping")
     node[path[-1]] = value
+
+
+def switch_method(method: dict[str, Any], from_file: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
+    """`method=ptuning_v2` on the command line switches methods: the file's keys the new one lacks are dropped."""
+    chosen = next((m for m in SECTIONS["method"] if m.model_fields["name"].default == method.get("name")), None)
+    if chosen is None or from_file.get("name", "lora") == method.get("name"):
+        return method
+    return {key: value for key, value in method.items() if key in chosen.model_fields or key in overridden}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     origin = str(path) if path else None
     problems: list[str] = []
     raw = canonical(read_yaml(Path(path)), problems) if path else {}
+    from_file = dict(raw.get("method") or {}) if isinstance(raw.get("method"), dict) else {}
+    overridden: set[str] = set()
     for text in overrides or []:
         try:
             key, value = parse_override(text)
             section, field_path = resolve_key(key)
             set_path(raw, section, field_path, value)
+            if section == "method":
+                overridden.add(field_path[0])
         except ConfigError as error:
             problems.append(f"  {error}".replace("\n", "\n  "))
+    if "name" in overridden and isinstance(raw.get("method"), dict):
+        raw["method"] = switch_method(raw["method"], from_file, overridden)
     if isinstance(raw.get("method"), dict):
         raw["method"].setdefault("name", "lora")
     try:
@@ -141,6 +157,13 @@ def describe(error: ValidationError, raw: dict[str, Any]) -> list[str]:
         if loc[:1] == ["method"] and len(loc) > 1 and loc[1] == raw.get("method", {}).get("name", "lora"):
             loc.pop(1)  # pydantic puts the union tag in the path
         key = ".".join(loc)
+        if item["type"] == "extra_forbidden" and loc[0] == "method":
+            name = raw.get("method", {}).get("name", "lora")
+            chosen = [m for m in SECTIONS["method"] if m.model_fields["name"].default == name]
+            known = list(chosen[0].model_fields) if chosen else []
+            hint = did_you_mean(loc[-1], known) or "its keys: " + ", ".join(known)
+            lines.append(f"  {key}: not an option of method {name}; {hint}")
+            continue
         if item["type"] == "extra_forbidden":
             hint = did_you_mean(loc[-1], list(field_names(loc[0]))) if loc[0] in SECTIONS else None
             lines.append(f"  {key}: unknown key" + (f"; {hint}" if hint else ""))

@@ -24,6 +24,33 @@ from tunellm.config.section import Section
 FORMATS = ("auto", "alpaca", "context_target", "promptcblue", "chatglm", "sharegpt", "openai", "text")
 
 
+class RopeScaling(Section):
+    type: Literal["linear", "dynamic", "yarn", "llama3"] = Field(
+        description="linear (position interpolation), dynamic (NTK, rescales only past the native length), "
+        "yarn, or llama3 (Llama 3.1's)"
+    )
+    factor: float = Field(gt=1, description="new length = factor x the native length")
+    original_max_position_embeddings: int | None = Field(
+        None, gt=0, description="the native length; empty: the checkpoint's max_position_embeddings"
+    )
+    low_freq_factor: float | None = Field(None, gt=0, description="llama3 only; empty: 1")
+    high_freq_factor: float | None = Field(None, gt=0, description="llama3 only; empty: 4")
+    beta_fast: float | None = Field(None, gt=0, description="yarn only; empty: 32")
+    beta_slow: float | None = Field(None, gt=0, description="yarn only; empty: 1")
+
+    @model_validator(mode="after")
+    def options_fit_the_type(self) -> RopeScaling:
+        for type_, keys in (("llama3", ("low_freq_factor", "high_freq_factor")), ("yarn", ("beta_fast", "beta_slow"))):
+            given = [key for key in keys if getattr(self, key) is not None]
+            if given and self.type != type_:
+                raise ValueError(f"type {self.type} takes no {' or '.join(given)}; only {type_} does")
+        if (self.high_freq_factor or 4.0) <= (self.low_freq_factor or 1.0):
+            raise ValueError("high_freq_factor must be greater than low_freq_factor (defaults 4 and 1)")
+        if (self.beta_fast or 32.0) <= (self.beta_slow or 1.0):
+            raise ValueError("beta_fast must be greater than beta_slow (defaults 32 and 1)")
+        return self
+
+
 class ModelConfig(Section):
     name_or_path: str | None = Field(
         None,
@@ -38,6 +65,21 @@ class ModelConfig(Section):
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="attention kernel; auto picks flash-attention when installed, else SDPA"
     )
+    rope_scaling: RopeScaling | None = Field(
+        None,
+        description="stretch RoPE to train past the model's native length, e.g. {type: linear, factor: 4}; "
+        "type linear, dynamic, yarn or llama3; options original_max_position_embeddings, "
+        "low_freq_factor/high_freq_factor (llama3), beta_fast/beta_slow (yarn)",
+    )
+
+    @field_validator("rope_scaling", mode="before")
+    @classmethod
+    def rope_scaling_is_a_mapping(cls, value: object) -> object:
+        if value == "none":
+            return None
+        if isinstance(value, str):
+            raise ValueError(f"give a mapping, e.g. {{type: {value}, factor: 2}}, or set model.rope_scaling.type")
+        return value
 
 
 class DataConfig(Section):
@@ -168,5 +210,5 @@ SECTIONS: dict[str, list[type[Section]]] = {
 
 __all__ = [
     "SECTIONS", "DataConfig", "EvalConfig", "FreezeMethod", "FullMethod", "LoraMethod", "Method", "ModelConfig",
-    "PTuningV2Method", "QLoraMethod", "RunConfig", "Section", "TrainConfig",
+    "PTuningV2Method", "QLoraMethod", "RopeScaling", "RunConfig", "Section", "TrainConfig",
 ]  # fmt: skip

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 FULL_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json")
+TRAINED_WEIGHTS = "trained_weights.safetensors"  # a freeze checkpoint: the trained tensors only
 CONFIG_FILE = "config.yaml"
 
 
@@ -46,9 +47,9 @@ def _held(folder: Path) -> str:
 
 
 def is_checkpoint(folder: Path) -> bool:
-    """A folder usable on its own: a peft adapter, or a full model (config.json beside its weights)."""
+    """A folder usable on its own: a peft adapter, trained tensors, or a full model (config.json and weights)."""
     full = (folder / "config.json").is_file() and any((folder / name).is_file() for name in FULL_MODEL_FILES)
-    return (folder / ADAPTER_CONFIG).is_file() or full
+    return (folder / ADAPTER_CONFIG).is_file() or (folder / TRAINED_WEIGHTS).is_file() or full
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -169,7 +170,9 @@ def load_for_inference(
     """
     checkpoint = resolve_checkpoint(adapter) if adapter is not None else None
     config = checkpoint_config(checkpoint, overrides)
-    full_model = checkpoint is not None and not (checkpoint / ADAPTER_CONFIG).is_file()
+    full_model = checkpoint is not None and not any(
+        (checkpoint / name).is_file() for name in (ADAPTER_CONFIG, TRAINED_WEIGHTS)
+    )
     trained_on = config.model.name_or_path
     if full_model and model is not None:
         raise ConfigError(

@@ -14,12 +14,16 @@ puts a checkpoint's trained weights back in place for resume, when `save` writes
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
 from torch import nn
 
+from tunellm.errors import ModelError
 from tunellm.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 class Method(Protocol):
@@ -36,6 +40,51 @@ class Method(Protocol):
 
 
 METHODS: Registry[Method] = Registry("tuning method")
+
+
+def restore_peft(model: Any, folder: Path) -> None:
+    """Load a peft adapter's saved weights into `model` (a PeftModel) in place: resume and init_adapter."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"no {weights.name} in the folder", file=str(folder), expected="a peft adapter folder")
+    adapter = model.active_adapter
+    try:
+        result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"), adapter_name=adapter)
+    except RuntimeError as error:  # shape mismatch: another rank or base model
+        raise ModelError(
+            f"adapter weights do not fit this model: {str(error).splitlines()[-1].strip()}",
+            file=str(folder),
+            hint="use an adapter trained with the same base model, rank and target modules",
+        ) from None
+    # peft loads a prompt-learning prefix itself and still reports its key as unexpected
+    check_fits([key for key in result.unexpected_keys if key != "prompt_embeddings"], folder)
+    missing = [key for key in result.missing_keys if f".{adapter}." in key]
+    if missing:
+        log.warning("%s lacks %d adapter weights (left as initialised), e.g. %s", folder, len(missing), missing[0])
+
+
+def restore_tensors(model: nn.Module, folder: Path) -> None:
+    """Load every .safetensors file of `folder` into `model` in place, by parameter name (freeze, full)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError("no .safetensors weights in the folder", file=str(folder))
+    unexpected: list[str] = []
+    for file in files:
+        unexpected += model.load_state_dict(load_file(file), strict=False).unexpected_keys
+    check_fits(unexpected, folder)
+
+
+def check_fits(unexpected: list[str], folder: Path) -> None:
+    if unexpected:
+        raise ModelError(
+            f"weights do not fit this model: {', '.join(unexpected[:5])}",
+            file=str(folder),
+            hint="the checkpoint was trained with other target modules or another base model",
+        )
 
 
 def hook(method: Any, name: str) -> Any:

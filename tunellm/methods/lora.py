@@ -1,17 +1,26 @@
-"""LoRA through peft: low-rank adapters on the family's target modules; only adapters are saved."""
+"""LoRA through peft: low-rank adapters on the family's target modules; only adapters are saved.
+
+Options: DoRA, rsLoRA, LoRA+ (a larger learning rate for B) and PiSSA init. PiSSA moves the principal part
+of each weight into the adapter, so a trained PiSSA adapter only fits the changed base; checkpoints therefore
+hold it converted to a plain LoRA adapter of rank 2r (fits the original base, merges as usual), and the raw
+adapter under state/ for resume.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import warnings
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from tunellm.config.methods import LoraMethod
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods.base import METHODS
+from tunellm.methods.base import METHODS, restore_peft
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -19,6 +28,9 @@ if TYPE_CHECKING:
     from tunellm.models.families.base import Family
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PISSA_STATE = Path("state") / "pissa"  # the raw trained PiSSA adapter, beside the converted one
+# model -> folder holding its PiSSA adapter as initialised, which peft's conversion subtracts
+_pissa_init: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def target_modules(method: LoraMethod, family: Family) -> str | list[str]:
@@ -46,6 +58,9 @@ def apply(model: nn.Module, method: LoraMethod, family: Family) -> PeftModel:
         lora_dropout=method.lora_dropout,
         target_modules=targets,
         modules_to_save=list(method.modules_to_save) or None,
+        use_dora=method.use_dora,
+        use_rslora=method.use_rslora,
+        init_lora_weights=peft_init(method),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -53,7 +68,7 @@ def apply(model: nn.Module, method: LoraMethod, family: Family) -> PeftModel:
         with warnings.catch_warnings():
             # peft reads the attribute transformers 5.23 deprecated in favour of is_activation_checkpointing
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
     except ValueError as error:
         if "not found in the base model" not in str(error):
             raise
@@ -63,11 +78,64 @@ def apply(model: nn.Module, method: LoraMethod, family: Family) -> PeftModel:
             expected="names of linear layers: " + ", ".join(linear_names(model)),
             hint="use target_modules: all-linear, or list some of the names above",
         ) from None
+    if method.init_lora_weights == "pissa":
+        keep_pissa_init(wrapped)
+    return wrapped
+
+
+def peft_init(method: LoraMethod) -> bool | str:
+    if method.init_lora_weights == "pissa":
+        return f"pissa_niter_{method.pissa_niter}" if method.pissa_niter else "pissa"
+    return True if method.init_lora_weights == "default" else method.init_lora_weights
+
+
+def keep_pissa_init(model: PeftModel) -> None:
+    """Save the freshly initialised PiSSA adapter (as peft's conversion wants it) for the life of `model`."""
+    folder = tempfile.mkdtemp(prefix="tunellm-pissa-init-")
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True  # peft's recipe: the initial adapter is saved as a plain one
+    model.save_pretrained(folder, safe_serialization=True)
+    config.init_lora_weights = init
+    _pissa_init[model] = folder
+    weakref.finalize(model, shutil.rmtree, folder, True)
+
+
+def param_groups(model: nn.Module, method: LoraMethod, train: Any) -> list[dict[str, Any]] | None:
+    """LoRA+: B matrices learn `loraplus_lr_ratio` times faster than the rest; None keeps the default groups."""
+    if method.loraplus_lr_ratio is None:
+        return None
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            is_b = "lora_B" in name or "lora_embedding_B" in name
+            decays = param.ndim >= 2 and not name.endswith(".bias")
+            groups.setdefault((is_b, decays), []).append(param)
+    result = []
+    for (is_b, decays), params in sorted(groups.items()):  # the base-rate groups first: the log reads group 0
+        lr = train.learning_rate * (method.loraplus_lr_ratio if is_b else 1.0)
+        result.append({"params": params, "lr": lr, "weight_decay": train.weight_decay if decays else 0.0})
+    return result
 
 
 def save_adapter(model: PeftModel, folder: str | Path) -> None:
-    """Write adapter_config.json and adapter_model.safetensors (adapter and modules_to_save weights only)."""
-    model.save_pretrained(str(folder), safe_serialization=True)
+    """Write adapter_config.json and adapter_model.safetensors (adapter and modules_to_save weights only).
+
+    A PiSSA adapter is written converted to plain LoRA, and as trained under state/pissa for `restore`.
+    """
+    init = _pissa_init.get(model)
+    if init is None:
+        model.save_pretrained(str(folder), safe_serialization=True)
+        return
+    model.save_pretrained(str(Path(folder) / PISSA_STATE), safe_serialization=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*PiSSA.*")
+        model.save_pretrained(str(folder), safe_serialization=True, path_initial_model_for_weight_conversion=init)
+
+
+def restore(model: PeftModel, folder: str | Path) -> None:
+    """Put a checkpoint's trained adapter back into `model` in place (resume): the raw one for PiSSA."""
+    restore_peft(model, Path(folder) / PISSA_STATE if model in _pissa_init else Path(folder))
 
 
 def load_adapter(base_model: nn.Module, folder: str | Path, *, trainable: bool = False) -> PeftModel:

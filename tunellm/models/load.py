@@ -4,7 +4,7 @@
 for, since training fp16 weights needs a loss scaler. `attn_implementation: auto` is flash-attention 2
 when `flash_attn` is installed and the model runs on CUDA in half precision, else SDPA where the model
 supports it, else eager. Checkpoints that ship their own model code are refused, before any weights load,
-unless `trust_remote_code` is set.
+unless `trust_remote_code` is set. `rope_scaling` is set on the config before the weights load (see rope.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from tunellm.config.schema import ModelConfig
 from tunellm.errors import ModelError
 from tunellm.models.families import Family, family_for
+from tunellm.models.rope import apply_rope_scaling, check_context_length
 from tunellm.models.tokenizer import load_tokenizer, model_location
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -115,8 +116,16 @@ def check_remote_code(raw: dict[str, Any], model_config: ModelConfig, location: 
     return True
 
 
-def load_model(model_config: ModelConfig, *, device: str | torch.device | None = None) -> tuple[Any, Any, Family]:
-    """(model, tokenizer, family), the model on `device` (default: CUDA when available) in eval mode."""
+def load_model(
+    model_config: ModelConfig,
+    *,
+    device: str | torch.device | None = None,
+    load_options: dict[str, Any] | None = None,
+) -> tuple[Any, Any, Family]:
+    """(model, tokenizer, family), the model on `device` (default: CUDA when available) in eval mode.
+
+    `load_options` go to `from_pretrained` as well (a tuning method's quantization_config).
+    """
     from transformers import AutoConfig
 
     location, gguf_file = model_location(model_config)
@@ -129,13 +138,15 @@ def load_model(model_config: ModelConfig, *, device: str | torch.device | None =
         options["trust_remote_code"] = True
     config = AutoConfig.from_pretrained(location, **options)
     family = family_for(config.model_type)
+    if model_config.rope_scaling is not None:
+        apply_rope_scaling(config, model_config.rope_scaling, family.name)
     tokenizer = load_tokenizer(model_config)
     attention = resolve_attention(model_config.attn_implementation, config, target, dtype)
     if attention is not None:
         options["attn_implementation"] = attention
     if target.type != "cpu":
         options["device_map"] = {"": target}
-    model = load_weights(location, config, dtype, options)
+    model = load_weights(location, config, dtype, {**options, **(load_options or {})})
     if gguf_file and getattr(model, "hf_quantizer", None) is not None:
         # the weights are already dequantized; the marker would block save_pretrained (merge)
         model.hf_quantizer.remove_quantization_config(model)
@@ -173,3 +184,17 @@ def load_tokenizer_and_template(model_config: ModelConfig) -> tuple[Any, str]:
     family = family_for(config.model_type)
     family.fix_tokens(tokenizer, None)
     return tokenizer, family.template_for(tokenizer, config)
+
+
+def check_context(model_config: ModelConfig, cutoff_len: int) -> None:
+    """Before the data is read: `model.rope_scaling` fits the model (ModelError if not), and a warning when
+    `cutoff_len` passes the positions the model will take. Reads only the model's config."""
+    from transformers import AutoConfig
+
+    location, gguf_file = model_location(model_config)
+    options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if gguf_file is None and check_remote_code(read_config_dict(location), model_config, location):
+        options["trust_remote_code"] = True
+    config = AutoConfig.from_pretrained(location, **options)
+    family = family_for(config.model_type)
+    check_context_length(config, model_config.rope_scaling, family.name, cutoff_len)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from tunellm.atomic import fsync_path, write_json_atomic
 from tunellm.errors import ConfigError, ModelError
+from tunellm.methods.base import hook, restore_peft, restore_tensors
 from tunellm.train.state import TrainState, capture_rng, restore_rng
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,12 @@ STEP = re.compile(r"step-(\d+)")
 TMP_PREFIX = ".tmp-step-"
 STATE_DIR = "state"
 STATE_FILES = ("trainer_state.json", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_0.json")
-WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+WEIGHT_FILES = (
+    "adapter_model.safetensors",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "trained_weights.safetensors",
+)
 BEST_FILE = "best.json"
 
 
@@ -106,50 +112,22 @@ def check_complete(folder: Path) -> None:
         )
 
 
-def save_trainable(model: Any, folder: Path) -> None:
-    """The trained part: a peft adapter through its own save_pretrained, else the whole model (safetensors)."""
-    model.save_pretrained(str(folder))
+def save_trainable(model: Any, folder: Path, method: Any | None = None) -> None:
+    """The trained part as the tuning method writes it; without a method, the model's own save_pretrained."""
+    if method is not None:
+        method.save(model, folder)
+    else:
+        model.save_pretrained(str(folder))
 
 
-def load_trainable(model: Any, folder: Path) -> None:
+def load_trainable(model: Any, folder: Path, method: Any | None = None) -> None:
     """Load weights written by `save_trainable` into `model` in place (parameters keep their identity)."""
     from peft import PeftModel
-    from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-    if isinstance(model, PeftModel):
-        if not (folder / WEIGHT_FILES[0]).is_file():
-            raise ModelError(f"no {WEIGHT_FILES[0]} in the folder", file=str(folder), expected="a peft adapter folder")
-        adapter = model.active_adapter
-        try:
-            result = set_peft_model_state_dict(
-                model, load_peft_weights(str(folder), device="cpu"), adapter_name=adapter
-            )
-        except RuntimeError as error:  # shape mismatch: another rank or base model
-            raise ModelError(
-                f"adapter weights do not fit this model: {str(error).splitlines()[-1].strip()}",
-                file=str(folder),
-                hint="use an adapter trained with the same base model, rank and target modules",
-            ) from None
-        missing = [k for k in result.missing_keys if f".{adapter}." in k]
-        unexpected = list(result.unexpected_keys)
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise ModelError("no .safetensors weights in the folder", file=str(folder))
-        unexpected = []
-        for file in files:
-            unexpected += model.load_state_dict(load_file(file), strict=False).unexpected_keys
-        missing = []
-    if unexpected:
-        raise ModelError(
-            f"weights do not fit this model: {', '.join(unexpected[:5])}",
-            file=str(folder),
-            hint="the adapter was trained with other target modules or another base model",
-        )
-    if missing:
-        log.warning(
-            "%s lacks %d adapter weights (kept at their initial values), e.g. %s", folder, len(missing), missing[0]
-        )
+    restore = hook(method, "restore") if method is not None else None
+    if restore is None:
+        restore = restore_peft if isinstance(model, PeftModel) else restore_tensors
+    restore(model, folder)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -195,6 +173,7 @@ def save_checkpoint(
     scheduler: Any,
     tokenizer: Any,
     config: dict[str, Any],
+    method: Any | None = None,
 ) -> Path:
     """Write `output_dir/step-N` atomically; every process must call it (each saves its own RNG state).
 
@@ -209,7 +188,7 @@ def save_checkpoint(
     rng = capture_rng()
     _write_json(tmp / STATE_DIR / f"rng_{accelerator.process_index}.json", rng)
     if accelerator.is_main_process:
-        save_trainable(accelerator.unwrap_model(model), tmp)
+        save_trainable(accelerator.unwrap_model(model), tmp, method)
         if hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(str(tmp))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -231,7 +210,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: Path, *, accelerator: Any, model: Any, optimizer: Any, scheduler: Any
+    folder: Path, *, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, method: Any | None = None
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore weights, optimizer, scheduler and scaler; return the TrainState and this process's RNG state.
 
@@ -239,7 +218,7 @@ def load_checkpoint(
     """
     check_complete(folder)
     state_dir = folder / STATE_DIR
-    load_trainable(accelerator.unwrap_model(model), folder)
+    load_trainable(accelerator.unwrap_model(model), folder, method)
     optimizer.load_state_dict(_read_optimizer(state_dir))
     scheduler.load_state_dict(json.loads((state_dir / "scheduler.json").read_text(encoding="utf-8")))
     if accelerator.scaler is not None and (state_dir / "scaler.json").is_file():

@@ -35,7 +35,7 @@ from tunellm.train.checkpoint import (
     write_best,
 )
 from tunellm.train.log import RunLog, check_report_to
-from tunellm.train.optim import StepPlan, build_optimizer, build_scheduler
+from tunellm.train.optim import StepPlan, build_scheduler, method_optimizer
 from tunellm.train.state import TrainState, epoch_order, restore_rng
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,16 @@ def fit(
     config: RunConfig | TrainConfig,
     *,
     accelerator: Any | None = None,
-    param_groups: list[dict[str, Any]] | None = None,
+    method: Any | None = None,
     show_progress: bool = True,
     dev_scorer: Callable[[Any], dict[str, float]] | None = None,
 ) -> FitResult:
     """Train `model` (a peft model or any PreTrainedModel) on `train_data` rows {input_ids, labels}.
 
-    Resumes per `train.resume`, evaluates on `dev_data` (may be None) every `eval_steps`, checkpoints every
-    `save_steps`, at each new best and at the end. `param_groups` lets a method set its own optimizer groups.
-    `dev_scorer(model)` adds task metrics (generated on dev rows) to each evaluation, for `best_metric`.
+        Resumes per `train.resume`, evaluates on `dev_data` (may be None) every `eval_steps`, checkpoints every
+        `save_steps`, at each new best and at the end. `method` (a METHODS plug-in) saves and restores what it trained
+    and may shape the optimizer; without it the model's own save_pretrained is used.
+        `dev_scorer(model)` adds task metrics (generated on dev rows) to each evaluation, for `best_metric`.
     """
     cfg = config.train if isinstance(config, RunConfig) else config
     resolved = (
@@ -220,15 +221,21 @@ def fit(
 
     set_seed(cfg.seed)
     if resume_from is None and cfg.init_adapter:
-        load_trainable(model, Path(cfg.init_adapter))
+        load_trainable(model, Path(cfg.init_adapter), method)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    optimizer = build_optimizer(model, cfg, param_groups)
+    optimizer = method_optimizer(model, config, method)
     model, optimizer = accelerator.prepare(model, optimizer)
     plan = StepPlan.make(cfg, len(train_data), accelerator.num_processes)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     state, rng = TrainState(), None
-    parts = {"accelerator": accelerator, "model": model, "optimizer": optimizer, "scheduler": scheduler}
+    parts = {
+        "accelerator": accelerator,
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "method": method,
+    }
     if resume_from is not None:
         state, rng = load_checkpoint(resume_from, **parts)
         changed = [k for k in config_changes(resume_from, resolved) if k != "train.resume"]

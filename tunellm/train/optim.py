@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from tunellm.config.schema import TrainConfig
+from tunellm.config.schema import RunConfig, TrainConfig
 from tunellm.errors import ModelError
+from tunellm.methods.base import hook
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -30,6 +31,17 @@ def build_optimizer(
     if not groups:
         raise ModelError("the model has no trainable parameters", hint="apply a tuning method (e.g. lora) before fit")
     return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def method_optimizer(model: Any, config: RunConfig | TrainConfig, method: Any | None) -> Any:
+    """AdamW, unless the method brings its own groups (LoRA+) or optimizer (QLoRA's paged 8-bit AdamW)."""
+    cfg = config.train if isinstance(config, RunConfig) else config
+    options = config.method if isinstance(config, RunConfig) else None
+    make_groups, make_optimizer = hook(method, "param_groups"), hook(method, "optimizer")
+    groups = make_groups(model, options, cfg) if make_groups and options is not None else None
+    if make_optimizer and options is not None:
+        return make_optimizer(groups or param_groups(model, cfg.weight_decay), options, cfg)
+    return build_optimizer(model, cfg, groups)
 
 
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:

@@ -20,7 +20,8 @@ from tunellm.data.read import expand_paths
 from tunellm.errors import ConfigError, DataError, ModelError
 from tunellm.evaluate import check_best_metric, dev_scorer_for
 from tunellm.methods import METHODS
-from tunellm.models.load import load_model, load_tokenizer_and_template
+from tunellm.methods.base import hook
+from tunellm.models.load import check_context, load_model, load_tokenizer_and_template
 from tunellm.train.checkpoint import BEST_FILE, find_resume
 from tunellm.train.log import CURVE_FILE, LOG_FILE, check_report_to
 from tunellm.train.loop import FitResult, fit
@@ -44,6 +45,10 @@ def check_inputs(config: RunConfig) -> None:
     adapter = config.train.init_adapter
     if adapter and not Path(adapter).is_dir():
         raise ModelError("adapter folder not found", file=adapter, field="train.init_adapter")
+    check_method = hook(METHODS.get(config.method.name), "check")
+    if check_method is not None:
+        check_method(config.method)
+    check_context(config.model, config.data.cutoff_len)
 
 
 def check_writable(output_dir: Path) -> None:
@@ -107,11 +112,16 @@ def train_from_config(config: RunConfig) -> FitResult:
     # chat, predict and eval read the template from the checkpoint's config.yaml: store the name, not `auto`
     config.data.template = template.name
     transformers.set_seed(config.train.seed)  # before loading and applying: the adapter's init draws from it
-    model, tokenizer, family = load_model(config.model)
+    method = METHODS.get(config.method.name)
+    load_options = hook(method, "load_options")
+    model, tokenizer, family = load_model(
+        config.model, load_options=load_options(config.method) if load_options else None
+    )
     say(f"model: {config.model.name_or_path or 'the embedded default'} ({family.name} family)")
-    model = METHODS.get(config.method.name).apply(model, config.method, family)
+    model = method.apply(model, config.method, family)
     say(f"method: {config.method.name}, {trainable_summary(model)}")
-    result = fit(model, tokenizer, train, dev, config, dev_scorer=dev_scorer_for(config, tokenizer, template))
+    scorer = dev_scorer_for(config, tokenizer, template)
+    result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer)
     report_outputs(Path(config.train.output_dir), result, config)
     return result
 

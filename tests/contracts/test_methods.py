@@ -1,0 +1,251 @@
+"""Contract over every registered tuning method (and LoRA's options), on tiny random models loaded from folders:
+apply, two optimizer steps, only the intended parameters change, save, reload with the same logits, restore for
+resume, and merge parity where the method can merge.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunellm.config.methods import (
+    METHOD_CONFIGS,
+    FreezeMethod,
+    FullMethod,
+    LoraMethod,
+    PTuningV2Method,
+    QLoraMethod,
+)
+from tunellm.config.schema import ModelConfig, RunConfig, TrainConfig
+from tunellm.errors import ConfigError
+from tunellm.methods import METHODS
+from tunellm.models.families import FAMILIES
+from tunellm.models.families.base import TINY_VOCAB
+from tunellm.models.load import load_model
+from tunellm.train.checkpoint import load_trainable
+from tunellm.train.optim import method_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+METHODS_DIR = Path(importlib.import_module("tunellm.methods").__file__).parent
+
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+VARIANTS = {  # id -> (options, which parameters must train)
+    "lora": (LoraMethod(**LORA), lambda n: "lora_" in n),
+    "dora": (LoraMethod(**LORA, use_dora=True), lambda n: "lora_" in n),
+    "rslora": (LoraMethod(**LORA, use_rslora=True), lambda n: "lora_" in n),
+    "pissa": (LoraMethod(**LORA, init_lora_weights="pissa"), lambda n: "lora_" in n),
+    "loraplus": (LoraMethod(**LORA, loraplus_lr_ratio=16), lambda n: "lora_" in n),
+    "ptuning_v2": (PTuningV2Method(pre_seq_len=4, prefix_projection=True, prefix_hidden_size=16), None),
+    "ptuning_v2_plain": (PTuningV2Method(pre_seq_len=4), None),
+    "freeze": (FreezeMethod(trainable_layers=1), lambda n: ".layers.1." in n),
+    "freeze_modules": (FreezeMethod(trainable_layers=0, trainable_modules=["mlp"]), lambda n: ".mlp." in n),
+    "full": (FullMethod(), lambda n: True),
+    "full_pure_bf16": (FullMethod(pure_bf16=True), lambda n: True),
+}
+
+
+def _prompt_encoder(name: str) -> bool:
+    return "prompt_encoder" in name
+
+
+def build_tiny(family: str, folder: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(FAMILIES.get(family).tiny_config())
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("method_models")
+    return {family: build_tiny(family, root / family) for family in ("llama", "glm", "falcon")}
+
+
+def load_tiny(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def train_two_steps(model, options) -> None:
+    config = RunConfig(method=options, train=TrainConfig(learning_rate=1e-2))
+    optimizer = method_optimizer(model, config, METHODS.get(options.name))
+    batch = torch.randint(3, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    model.train()
+    for _ in range(2):
+        loss = model(input_ids=batch, labels=batch).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def logits_of(model) -> torch.Tensor:
+    batch = torch.randint(3, TINY_VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(input_ids=batch).logits.float()
+
+
+def check_variant(variant: str, folder: Path, tmp_path: Path) -> None:
+    options, should_train = VARIANTS[variant]
+    should_train = should_train or _prompt_encoder
+    method, family = METHODS.get(options.name), FAMILIES.get("llama")
+    torch.manual_seed(0)
+    model = method.apply(load_tiny(folder), options, family)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(should_train(n) for n in trainable), sorted(trainable)[:5]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_two_steps(model, options)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != (n in trainable), f"{n} changed: {n in trainable} expected"
+    trained = logits_of(model)
+
+    method.save(model, tmp_path)
+    assert list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.bin"))
+    reloaded = method.load(load_tiny(folder), tmp_path)
+    exact = options.name != "full" or not options.pure_bf16
+    # PiSSA comes back as plain LoRA of rank 2r on the original base: equal up to float rounding
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if not exact else {"atol": 1e-5, "rtol": 1e-5}
+    if exact and variant != "pissa":
+        tolerance = {"atol": 0, "rtol": 0}
+    torch.testing.assert_close(logits_of(reloaded), trained, **tolerance)
+
+    torch.manual_seed(0)  # resume re-applies the method to a fresh base, then restores the trained part
+    resumed = method.apply(load_tiny(folder), options, family)
+    load_trainable(resumed, tmp_path, method)
+    torch.testing.assert_close(logits_of(resumed), trained, atol=0, rtol=0)
+
+    if method.supports_merge:
+        merged = method.merge(reloaded)
+        assert not any("lora_" in n or "prompt_encoder" in n for n, _ in merged.named_parameters())
+        merge_tolerance = {"atol": 1e-4, "rtol": 1e-4} if exact else tolerance
+        torch.testing.assert_close(logits_of(merged), trained, **merge_tolerance)
+    else:
+        with pytest.raises(ConfigError, match="cannot be merged"):
+            method.merge(reloaded)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_method_contract_on_llama(variant: str, tiny_folders: dict[str, Path], tmp_path: Path) -> None:
+    check_variant(variant, tiny_folders["llama"], tmp_path)
+
+
+@pytest.mark.parametrize("family", ["glm", "falcon"])
+def test_ptuning_v2_trains_and_reloads_on_other_families(family: str, tiny_folders, tmp_path: Path) -> None:
+    options = PTuningV2Method(pre_seq_len=4, prefix_projection=True, prefix_hidden_size=16)
+    method = METHODS.get("ptuning_v2")
+    model = method.apply(load_tiny(tiny_folders[family]), options, FAMILIES.get(family))
+    train_two_steps(model, options)
+    trained = logits_of(model)
+    method.save(model, tmp_path)
+    reloaded = method.load(load_tiny(tiny_folders[family]), tmp_path)
+    torch.testing.assert_close(logits_of(reloaded), trained, atol=0, rtol=0)
+    out = reloaded.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == 6
+
+
+def test_loraplus_gives_b_matrices_the_larger_rate(tiny_folders) -> None:
+    options = LoraMethod(**LORA, loraplus_lr_ratio=16)
+    model = METHODS.get("lora").apply(load_tiny(tiny_folders["llama"]), options, FAMILIES.get("llama"))
+    config = RunConfig(method=options, train=TrainConfig(learning_rate=1e-3))
+    optimizer = method_optimizer(model, config, METHODS.get("lora"))
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    names = dict(model.named_parameters())
+    assert {rate[id(p)] for n, p in names.items() if "lora_B" in n} == {1e-3 * 16}
+    assert {rate[id(p)] for n, p in names.items() if "lora_A" in n} == {1e-3}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # the logged lr is the base rate
+
+
+def test_pissa_checkpoint_is_plain_lora_on_the_original_base(tiny_folders, tmp_path: Path) -> None:
+    import json
+
+    options = LoraMethod(**LORA, init_lora_weights="pissa")
+    model = METHODS.get("lora").apply(load_tiny(tiny_folders["llama"]), options, FAMILIES.get("llama"))
+    METHODS.get("lora").save(model, tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["init_lora_weights"] is True and saved["r"] == 8  # rank 2r, no base change needed
+    raw = json.loads((tmp_path / "state" / "pissa" / "adapter_config.json").read_text())
+    assert raw["r"] == 4
+
+
+def test_freeze_finds_the_decoder_layers_of_every_native_family(tmp_path: Path) -> None:
+    from tunellm.methods.freeze import decoder_layers
+
+    for name in FAMILIES.names():
+        family = FAMILIES.get(name)
+        if family.needs_remote_code:
+            continue
+        model = load_tiny(build_tiny(name, tmp_path / name))
+        _, layers = decoder_layers(model)
+        assert len(layers) == 2, name
+        METHODS.get("freeze").apply(model, FreezeMethod(trainable_layers=1), family)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all(".1." in n for n in trainable), (name, trainable[:3])
+
+
+def test_freeze_errors_name_the_option(tiny_folders) -> None:
+    model = load_tiny(tiny_folders["llama"])
+    with pytest.raises(ConfigError, match="has 2 layers"):
+        METHODS.get("freeze").apply(model, FreezeMethod(trainable_layers=5), FAMILIES.get("llama"))
+    with pytest.raises(ConfigError, match="no parameter name contains mlpp"):
+        METHODS.get("freeze").apply(model, FreezeMethod(trainable_modules=["mlpp"]), FAMILIES.get("llama"))
+
+
+def test_qlora_stops_before_anything_loads_without_cuda(tmp_path: Path, monkeypatch) -> None:
+    from tunellm.config.load import load_config
+    from tunellm.train import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n')
+    config = load_config(None, [f"data.train={data}", f"output_dir={tmp_path / 'out'}", "method=qlora"])
+    assert isinstance(config.method, QLoraMethod) and config.method.bits == 4 and config.method.double_quant
+    monkeypatch.setattr(run, "load_tokenizer_and_template", lambda *a: pytest.fail("loaded before the check"))
+    with pytest.raises(ConfigError, match="needs a CUDA GPU") as caught:
+        run.train_from_config(config)
+    assert caught.value.field == "method.name" and "method=lora" in str(caught.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA")
+def test_qlora_trains_a_4bit_base_on_cuda(tiny_folders, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    options = QLoraMethod(**LORA)
+    method = METHODS.get("qlora")
+    method.check(options)
+    model_config = ModelConfig(name_or_path=str(tiny_folders["llama"]))
+    model, _, family = load_model(model_config, device="cuda", load_options=method.load_options(options))
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    model = method.apply(model, options, family)
+    train_two_steps(model.cuda(), options)
+
+
+def test_every_method_module_is_registered_with_its_config() -> None:
+    modules = sorted(p.stem for p in METHODS_DIR.glob("*.py") if p.stem not in {"__init__", "base"})
+    assert modules == sorted(METHODS.names())
+    names = {config.model_fields["name"].default: config for config in METHOD_CONFIGS}
+    assert sorted(names) == modules
+    for stem in modules:
+        method = METHODS.get(stem)
+        assert method.Config is names[stem]
+        assert isinstance(method.supports_merge, bool)
+        for hook in ("apply", "save", "load", "merge"):
+            assert callable(getattr(method, hook)), (stem, hook)
+
+
+def test_method_switches_from_the_command_line(tmp_path: Path) -> None:
+    from tunellm.config.load import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("method:\n  name: lora\n  r: 16\n  lora_alpha: 32\n")
+    assert load_config(path, ["method=ptuning_v2"]).method == PTuningV2Method()
+    assert load_config(path, ["method=freeze", "trainable_layers=3"]).method == FreezeMethod(trainable_layers=3)
+    assert load_config(path, ["method=qlora"]).method.r == 16  # the LoRA keys carry over to QLoRA
+    with pytest.raises(ConfigError, match="method.r: not an option of method full"):
+        load_config(path, ["method=full", "r=8"])

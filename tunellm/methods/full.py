@@ -1,0 +1,45 @@
+"""Full fine-tuning: every parameter trains; a checkpoint is a whole transformers model folder.
+
+`pure_bf16` casts the weights to bf16, so gradients and AdamW state are bf16 too: about half the memory of
+fp32 weights with an fp32 optimizer, at the cost of updates rounded to bf16.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunellm.config.methods import FullMethod
+from tunellm.methods.base import METHODS, restore_tensors
+
+
+def apply(model: nn.Module, method: FullMethod, family: Any) -> nn.Module:
+    if method.pure_bf16:
+        model.to(torch.bfloat16)
+    model.requires_grad_(True)
+    return model
+
+
+def save(model: nn.Module, folder: str | Path) -> None:
+    """config.json, generation_config.json and model.safetensors: the checkpoint is a model of its own."""
+    model.save_pretrained(str(folder))
+
+
+def load(base_model: nn.Module, folder: str | Path, *, trainable: bool = False) -> nn.Module:
+    """The checkpoint's weights in `base_model` (inference usually loads the checkpoint folder directly)."""
+    restore_tensors(base_model, Path(folder))
+    base_model.requires_grad_(trainable)
+    return base_model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    return model
+
+
+Config = FullMethod
+supports_merge = True
+METHODS.register("full")(sys.modules[__name__])
