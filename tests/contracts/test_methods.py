@@ -249,3 +249,12 @@ def test_method_switches_from_the_command_line(tmp_path: Path) -> None:
     assert load_config(path, ["method=qlora"]).method.r == 16  # the LoRA keys carry over to QLoRA
     with pytest.raises(ConfigError, match="method.r: not an option of method full"):
         load_config(path, ["method=full", "r=8"])
+
+
+def test_full_keeps_fp32_master_weights_unless_pure_bf16(tiny_folders) -> None:
+    from transformers import AutoModelForCausalLM
+
+    half = AutoModelForCausalLM.from_pretrained(tiny_folders["llama"], dtype=torch.bfloat16)
+    assert {p.dtype for p in METHODS.get("full").apply(half, FullMethod(), None).parameters()} == {torch.float32}
+    pure = METHODS.get("full").apply(load_tiny(tiny_folders["llama"]), FullMethod(pure_bf16=True), None)
+    assert {p.dtype for p in pure.parameters()} == {torch.bfloat16}

@@ -1,7 +1,9 @@
 """Full fine-tuning: every parameter trains; a checkpoint is a whole transformers model folder.
 
-`pure_bf16` casts the weights to bf16, so gradients and AdamW state are bf16 too: about half the memory of
-fp32 weights with an fp32 optimizer, at the cost of updates rounded to bf16.
+Without `pure_bf16` the weights train in fp32 (a model loaded in bf16/fp16, as `dtype: auto` does on a GPU,
+is cast up), so small updates are not rounded away; `train.bf16=true` adds bf16 autocast for speed.
+`pure_bf16` casts the weights to bf16, so gradients and AdamW state are bf16 too: half the memory, at the cost
+of updates rounded to bf16.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tunellm.methods.base import METHODS, restore_tensors
 def apply(model: nn.Module, method: FullMethod, family: Any) -> nn.Module:
     if method.pure_bf16:
         model.to(torch.bfloat16)
+    elif any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        model.to(torch.float32)
     model.requires_grad_(True)
     return model
 
