@@ -204,3 +204,30 @@ def test_the_dev_scorer_chooses_the_best_checkpoint_by_a_task_metric(run, loaded
     assert model.training  # the scorer hands the model back in training mode
     loss_only = config.model_copy(update={"train": config.train.model_copy(update={"best_metric": "eval_loss"})})
     assert make_dev_scorer(loss_only, loaded.tokenizer, loaded.template, conversations) is None
+
+
+def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, default_tokenizer, tmp_path):
+    from tunellm.config.schema import FreezeMethod
+    from tunellm.methods import freeze
+
+    model = freeze.apply(LlamaForCausalLM.from_pretrained(run["base"]), FreezeMethod(trainable_layers=1), None)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in (p for p in model.parameters() if p.requires_grad):
+            param.add_(torch.randn_like(param) * 0.5)
+    checkpoint = tmp_path / "frozen" / "step-1"
+    checkpoint.mkdir(parents=True)
+    freeze.save(model, checkpoint)
+    default_tokenizer.save_pretrained(str(checkpoint))
+    saved = RunConfig(model=ModelConfig(name_or_path=str(run["base"])), method=FreezeMethod(trainable_layers=1))
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
+    common = [str(run["data"]), "--max-new-tokens", "5", "--no-progress"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["eval", *common, "--adapter", str(checkpoint), "--compare", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    alone = CliRunner().invoke(app, ["eval", *common, "--adapter", str(run["base"]), "-o", str(tmp_path / "alone")])
+    base = json.loads((out / "base" / "metrics.json").read_text())
+    tuned = json.loads((out / "step-1" / "metrics.json").read_text())
+    assert base["overall"] == json.loads((tmp_path / "alone" / "metrics.json").read_text())["overall"]
+    assert tuned["overall"]["loss"] != base["overall"]["loss"]
+    assert "(the base of step-1)" in base["model"]

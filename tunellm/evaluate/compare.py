@@ -2,7 +2,7 @@
 
 `--compare` scores the base model by switching the adapter off in the loaded checkpoint (peft's
 `disable_adapter`), so the base is read with the same tokenizer, template and data options, and costs no
-second load.
+second load; a freeze or full checkpoint loads its base beside it instead.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import gc
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from tunellm.evaluate.run import (
     write_result,
 )
 from tunellm.evaluate.vllm_backend import VllmGenerator, pick_backend
-from tunellm.infer.generate import SamplingOptions
-from tunellm.infer.load import ADAPTER_CONFIG, InferenceModel, load_for_inference
+from tunellm.infer.generate import SamplingOptions, model_device
+from tunellm.infer.load import ADAPTER_CONFIG, CONFIG_FILE, InferenceModel, checkpoint_config, load_for_inference
+from tunellm.models.load import load_model
 
 REPORT_FILE = "metrics.md"
 CHART_FILE = "metrics.png"
@@ -75,17 +76,30 @@ def check_request(request: EvalRequest) -> str:
 
 
 @contextlib.contextmanager
-def adapter_off(loaded: InferenceModel) -> Iterator[None]:
+def base_of(loaded: InferenceModel) -> Iterator[tuple[InferenceModel, bool]]:
+    """(the base model to score, whether it is the loaded one with its adapter switched off).
+
+    A peft checkpoint switches its adapter off; a freeze or full checkpoint holds changed weights, so its base
+    model loads beside it, read with the checkpoint's tokenizer, template and data options all the same.
+    """
     switch = getattr(loaded.model, "disable_adapter", None)
-    if loaded.checkpoint is None or switch is None or not (loaded.checkpoint / ADAPTER_CONFIG).is_file():
+    if loaded.checkpoint is not None and switch is not None and (loaded.checkpoint / ADAPTER_CONFIG).is_file():
+        with switch():
+            yield loaded, True
+        return
+    if loaded.checkpoint is None or not (loaded.checkpoint / CONFIG_FILE).is_file():
         raise ConfigError(
-            "--compare scores the base model by switching the adapter off, and this checkpoint holds a whole model",
+            "cannot tell which base model this whole-model checkpoint was trained from: it has no config.yaml",
             file=str(loaded.checkpoint),
             field="--compare",
-            hint="give the base model folder as the first --adapter, without --compare",
+            hint="score the base model as its own --adapter entry, without --compare",
         )
-    with switch():
-        yield
+    model, _, _ = load_model(checkpoint_config(loaded.checkpoint).model, device=model_device(loaded.model))
+    try:
+        yield replace(loaded, model=model.eval(), checkpoint=None), False
+    finally:
+        del model
+        _free_memory()
 
 
 def label_for(loaded: InferenceModel, taken: Sequence[str]) -> str:
@@ -112,25 +126,24 @@ def evaluate_checkpoints(request: EvalRequest, say: Callable[[str], None] = _say
         say(f"{label}: {describe_model(loaded)}, template {loaded.template.name}, {len(conversations)} records")
         options = SamplingOptions(max_new_tokens=request.max_new_tokens or loaded.config.eval.max_new_tokens)
         vllm = VllmGenerator(loaded) if backend == "vllm" else None
-        run = partial(
-            evaluate_model,
-            loaded,
-            conversations,
-            options,
-            batch_size=request.batch_size,
-            show_progress=request.show_progress,
-        )
+        run = partial(evaluate_model, batch_size=request.batch_size, show_progress=request.show_progress)
         if request.compare and not results:
-            with adapter_off(loaded):
-                base = run(label="base", generator=partial(vllm, use_adapter=False) if vllm else None)
-            base.model = f"{loaded.config.model.name_or_path or 'the embedded default model'} ({label} switched off)"
+            with base_of(loaded) as (base_model, switched_off):
+                generator = partial(vllm, use_adapter=False) if vllm and switched_off else None
+                base = run(base_model, conversations, options, label="base", generator=generator)
+                base.model = describe_base(base_model, label, switched_off)
             results.append(base)
-        results.append(run(label=label, generator=vllm))
+        results.append(run(loaded, conversations, options, label=label, generator=vllm))
         del loaded, vllm, run
         _free_memory()
     if request.output is not None:
         write_outputs(results, request.output)
     return results
+
+
+def describe_base(base: InferenceModel, label: str, switched_off: bool) -> str:
+    name = base.config.model.name_or_path or "the embedded default model"
+    return f"{name} ({label} switched off)" if switched_off else f"{name} (the base of {label})"
 
 
 def _free_memory() -> None:
