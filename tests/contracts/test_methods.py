@@ -197,6 +197,36 @@ def test_freeze_errors_name_the_option(tiny_folders) -> None:
         METHODS.get("freeze").apply(model, FreezeMethod(trainable_modules=["mlpp"]), FAMILIES.get("llama"))
 
 
+def test_qlora_load_options_reach_from_pretrained_once(tiny_folders, default_tokenizer, monkeypatch) -> None:
+    from tunellm.models import load as load_module
+
+    seen = {}
+
+    def fake_load(location, config, dtype, options):
+        seen.update(options, dtype=dtype)
+        return load_tiny(tiny_folders["llama"])
+
+    monkeypatch.setattr(load_module, "load_weights", fake_load)
+    monkeypatch.setattr(load_module, "load_tokenizer", lambda config: default_tokenizer)
+    method = METHODS.get("qlora")
+    options = pytest.importorskip("transformers").BitsAndBytesConfig and method.load_options(QLoraMethod(**LORA))
+    load_model(ModelConfig(name_or_path=str(tiny_folders["llama"])), device="cpu", load_options=options)
+    assert seen["dtype"] is torch.bfloat16 and seen["quantization_config"].load_in_4bit
+    assert (
+        seen["quantization_config"].bnb_4bit_quant_type == "nf4"
+        and seen["quantization_config"].bnb_4bit_use_double_quant
+    )
+
+
+def test_ptuning_v2_refuses_gradient_checkpointing() -> None:
+    from tunellm.config.load import load_config
+
+    config = load_config(None, ["method=ptuning_v2", "gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match="drop the prefix cache") as caught:
+        METHODS.get("ptuning_v2").check(config)
+    assert caught.value.field == "train.gradient_checkpointing"
+
+
 def test_qlora_stops_before_anything_loads_without_cuda(tmp_path: Path, monkeypatch) -> None:
     from tunellm.config.load import load_config
     from tunellm.train import run
@@ -218,7 +248,7 @@ def test_qlora_trains_a_4bit_base_on_cuda(tiny_folders, tmp_path: Path) -> None:
     pytest.importorskip("bitsandbytes")
     options = QLoraMethod(**LORA)
     method = METHODS.get("qlora")
-    method.check(options)
+    method.check(RunConfig(method=options))
     model_config = ModelConfig(name_or_path=str(tiny_folders["llama"]))
     model, _, family = load_model(model_config, device="cuda", load_options=method.load_options(options))
     assert any("4bit" in type(m).__name__ for m in model.modules())

@@ -226,6 +226,7 @@ def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, default_tokenize
     result = CliRunner().invoke(app, ["eval", *common, "--adapter", str(checkpoint), "--compare", "-o", str(out)])
     assert result.exit_code == 0, result.output
     alone = CliRunner().invoke(app, ["eval", *common, "--adapter", str(run["base"]), "-o", str(tmp_path / "alone")])
+    assert alone.exit_code == 0, alone.output
     base = json.loads((out / "base" / "metrics.json").read_text())
     tuned = json.loads((out / "step-1" / "metrics.json").read_text())
     assert base["overall"] == json.loads((tmp_path / "alone" / "metrics.json").read_text())["overall"]

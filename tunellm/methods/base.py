@@ -6,7 +6,7 @@ A method is a module registered in METHODS under its config's `name`, with:
 - `save(model, folder)`: write what inference needs (adapter, trained tensors or the whole model);
 - `load(base_model, folder, trainable=False)`: the trained model again, from a fresh base model;
 - `supports_merge` and `merge(model)`: a plain transformers model holding the trained weights.
-Optional hooks, looked up with `getattr`: `check(config)` fails before anything loads (QLoRA without CUDA);
+Optional hooks, looked up with `getattr`: `check(run_config)` fails before anything loads (QLoRA without CUDA);
 `load_options(config)` adds `from_pretrained` arguments (quantization); `param_groups(model, config, train)`
 and `optimizer(groups, config, train)` shape the optimizer (LoRA+, paged 8-bit AdamW); `restore(model, folder)`
 puts a checkpoint's trained weights back in place for resume, when `save` writes another form (PiSSA).

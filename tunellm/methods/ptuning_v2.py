@@ -38,6 +38,17 @@ def key_value_heads(config: Any) -> tuple[int, int] | None:
     return kv_heads, config.hidden_size // heads
 
 
+def check(config: Any) -> None:
+    """Activation checkpointing drops the KV cache inside checkpointed layers (transformers 5), and with it the
+    prefix, so the two cannot be combined."""
+    if config.train.gradient_checkpointing:
+        raise ConfigError(
+            "ptuning_v2 cannot run with gradient checkpointing: checkpointed layers drop the prefix cache",
+            field="train.gradient_checkpointing",
+            hint="set train.gradient_checkpointing=false, or use method=lora to save memory",
+        )
+
+
 def apply(model: nn.Module, method: PTuningV2Method, family: Family) -> PeftModel:
     """Freeze the model and add a trained prefix of `pre_seq_len` positions to every attention layer."""
     from peft import PrefixTuningConfig, get_peft_model

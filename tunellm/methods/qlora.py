@@ -17,8 +17,8 @@ from tunellm.methods import lora
 from tunellm.methods.base import METHODS
 
 
-def check(method: QLoraMethod) -> None:
-    """Stop before data or weights load when this machine cannot run QLoRA."""
+def check(config: Any) -> None:
+    """Stop before data or weights load when this machine cannot run QLoRA (`config` is the RunConfig)."""
     import torch
 
     if not torch.cuda.is_available():

@@ -124,7 +124,7 @@ def load_model(
 ) -> tuple[Any, Any, Family]:
     """(model, tokenizer, family), the model on `device` (default: CUDA when available) in eval mode.
 
-    `load_options` go to `from_pretrained` as well (a tuning method's quantization_config).
+    `load_options` go to `from_pretrained` as well (a tuning method's quantization_config and compute dtype).
     """
     from transformers import AutoConfig
 
@@ -146,7 +146,8 @@ def load_model(
         options["attn_implementation"] = attention
     if target.type != "cpu":
         options["device_map"] = {"": target}
-    model = load_weights(location, config, dtype, {**options, **(load_options or {})})
+    extra = dict(load_options or {})
+    model = load_weights(location, config, extra.pop("dtype", dtype), {**options, **extra})
     if gguf_file and getattr(model, "hf_quantizer", None) is not None:
         # the weights are already dequantized; the marker would block save_pretrained (merge)
         model.hf_quantizer.remove_quantization_config(model)

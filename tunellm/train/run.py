@@ -47,7 +47,7 @@ def check_inputs(config: RunConfig) -> None:
         raise ModelError("adapter folder not found", file=adapter, field="train.init_adapter")
     check_method = hook(METHODS.get(config.method.name), "check")
     if check_method is not None:
-        check_method(config.method)
+        check_method(config)
     check_context(config.model, config.data.cutoff_len)
 
 

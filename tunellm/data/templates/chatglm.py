@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunellm.data.templates.base import TEMPLATES, TurnTemplate
+from tunellm.data.templates.base import TEMPLATES, Jinja, TurnTemplate, jinja_print
 
 
 @TEMPLATES.register("chatglm")
@@ -29,3 +29,6 @@ class ChatGLM(TurnTemplate):
 
     def user(self, content: str, round_index: int, system: str) -> str:
         return f"[Round {round_index}]\n问：{content}\n答："
+
+    def jinja_user(self) -> str:
+        return jinja_print("[Round ", Jinja("round | string"), "]\n问：", Jinja("content"), "\n答：")

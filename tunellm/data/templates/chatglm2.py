@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunellm.data.templates.base import TEMPLATES, TurnTemplate
+from tunellm.data.templates.base import TEMPLATES, Jinja, TurnTemplate, jinja_print
 
 
 @TEMPLATES.register("chatglm2")
@@ -27,3 +27,6 @@ class ChatGLM2(TurnTemplate):
 
     def user(self, content: str, round_index: int, system: str) -> str:
         return f"[Round {round_index + 1}]\n\n问：{content}\n\n答："
+
+    def jinja_user(self) -> str:
+        return jinja_print("[Round ", Jinja("(round + 1) | string"), "]\n\n问：", Jinja("content"), "\n\n答：")

@@ -55,6 +55,9 @@ class HfChat(Template):
         end = self.end.strip()
         return [end, self.eos] if end and end != self.eos else [self.eos]
 
+    def chat_template(self) -> str:
+        return self.tokenizer.chat_template
+
     def fingerprint(self) -> str:
         return super().fingerprint() + json.dumps(self.tokenizer.chat_template, ensure_ascii=False)
 

@@ -8,7 +8,7 @@ follows Meta's llama/generation.py. BOS and EOS are the tokenizer's own.
 from __future__ import annotations
 
 from tunellm.data.record import Turn
-from tunellm.data.templates.base import TEMPLATES, TurnTemplate, reply_text
+from tunellm.data.templates.base import TEMPLATES, Jinja, TurnTemplate, jinja_print, reply_text
 
 
 @TEMPLATES.register("llama2")
@@ -24,3 +24,10 @@ class Llama2(TurnTemplate):
 
     def response(self, turn: Turn) -> str:
         return f" {reply_text(turn).strip()} {self.eos}"
+
+    def jinja_user(self) -> str:
+        block = r'("<<SYS>>\n" + system + "\n<</SYS>>\n\n" if system else "")'
+        return jinja_print(self.bos, "[INST] ", Jinja(f"({block} + content) | trim"), " [/INST]")
+
+    def jinja_response(self) -> str:
+        return jinja_print(" ", Jinja("content | trim"), " " + self.eos)
