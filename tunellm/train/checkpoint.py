@@ -134,26 +134,38 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
+TENSOR_REF = "__tensor__"  # in optimizer.json: this value is the named tensor in optimizer.safetensors
+
+
+def _split_tensors(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """`value` with every tensor (also inside dicts, as bitsandbytes keeps its quantization state) moved out."""
+    if torch.is_tensor(value):
+        tensors[name] = value.detach().cpu().contiguous()
+        return {TENSOR_REF: name}
+    if isinstance(value, dict):
+        return {str(key): _split_tensors(item, f"{name}.{key}", tensors) for key, item in value.items()}
+    return value
+
+
+def _join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {TENSOR_REF}:
+            return tensors[value[TENSOR_REF]]
+        return {key: _join_tensors(item, tensors) for key, item in value.items()}
+    return value
+
+
 def _write_optimizer(folder: Path, state_dict: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, dict[str, Any]] = {}
-    for pid, entry in state_dict["state"].items():
-        plain[str(pid)] = {}
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                plain[str(pid)][key] = value
+    plain = {str(pid): _split_tensors(entry, str(pid), tensors) for pid, entry in state_dict["state"].items()}
     save_file(tensors, str(folder / "optimizer.safetensors"))
     _write_json(folder / "optimizer.json", {"state": plain, "param_groups": state_dict["param_groups"]})
 
 
 def _read_optimizer(folder: Path) -> dict[str, Any]:
     meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    state: dict[int, dict[str, Any]] = {int(pid): dict(entry) for pid, entry in meta["state"].items()}
-    for name, tensor in load_file(str(folder / "optimizer.safetensors")).items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = tensor
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state = {int(pid): _join_tensors(entry, tensors) for pid, entry in meta["state"].items()}
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
