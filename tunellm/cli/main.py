@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from tunellm import __version__
@@ -32,4 +34,7 @@ def version() -> None:
 
 
 def main() -> None:
+    # bitsandbytes (installed for QLoRA) says at import, through peft, that optional CPU kernels are missing;
+    # it falls back to its own code, so the line is noise on every command
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     run_with_clean_errors(app)
