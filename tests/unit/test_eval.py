@@ -232,3 +232,83 @@ def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, default_tokenize
     assert base["overall"] == json.loads((tmp_path / "alone" / "metrics.json").read_text())["overall"]
     assert tuned["overall"]["loss"] != base["overall"]["loss"]
     assert "(the base of step-1)" in base["model"]
+
+
+class FakeVllm:
+    """A stand-in `vllm` package: records what tunellm hands it and answers every prompt with `reply`."""
+
+    def __init__(self, reply: str) -> None:
+        import types
+
+        self.engines: list[dict] = []
+        self.calls: list[dict] = []
+        fake = self
+
+        class LLM:
+            def __init__(self, **kwargs) -> None:
+                fake.engines.append(kwargs)
+
+            def generate(self, prompts, params, lora_request=None):
+                fake.calls.append({"prompts": prompts, "params": params, "lora": lora_request})
+                done = types.SimpleNamespace(text=reply, finish_reason="stop", token_ids=[1, 2, 3])
+                return [types.SimpleNamespace(outputs=[done]) for _ in prompts]
+
+        def lora_request(name, number, path):
+            return types.SimpleNamespace(name=name, id=number, path=path)
+
+        self.modules = {
+            "vllm": types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kwargs: kwargs),
+            "vllm.lora": types.SimpleNamespace(),
+            "vllm.lora.request": types.SimpleNamespace(LoRARequest=lora_request),
+        }
+
+
+def test_the_vllm_backend_serves_the_adapter_as_lora_without_merging(run, loaded, tmp_path, monkeypatch):
+    import sys
+
+    from tunellm.evaluate import compare, vllm_backend
+    from tunellm.infer.generate import encode_prompts
+    from tunellm.infer.predict import split_reference
+
+    fake = FakeVllm("hello there, friend")
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(vllm_backend, "vllm_unavailable", lambda: None)  # as on a CUDA machine with vLLM
+    request = compare.EvalRequest(
+        data=[str(run["data"])], adapters=[str(run["checkpoint"])], compare=True, backend="vllm", max_new_tokens=7
+    )
+    base, tuned = compare.evaluate_checkpoints(request, say=lambda text: None)
+    (engine,) = fake.engines
+    assert engine["model"] == str(run["base"]) and engine["enable_lora"] and engine["max_lora_rank"] == 8
+    assert [call["lora"] is None for call in fake.calls] == [True, False]  # base first, then the adapter
+    assert fake.calls[1]["lora"].path == str(run["checkpoint"])
+    conversations = read_eval_data([str(run["data"])], loaded.config, None)
+    prompts = [split_reference(conversation)[0] for conversation in conversations]
+    options = TokenizeOptions.from_config(loaded.config.data)
+    expected = encode_prompts(prompts, loaded.tokenizer, loaded.template, options)
+    assert [p["prompt_token_ids"] for p in fake.calls[1]["prompts"]] == [list(ids) for ids in expected]
+    params = fake.calls[1]["params"]
+    assert (
+        params["max_tokens"] == 7
+        and params["temperature"] == 0
+        and loaded.tokenizer.eos_token_id in params["stop_token_ids"]
+    )
+    assert tuned.overall["exact_match"] == base.overall["exact_match"] == pytest.approx(1 / 5)  # of 5 references
+    assert tuned.overall["loss"] != base.overall["loss"]  # the loss still comes from transformers, adapter on
+
+
+def test_vllm_is_not_used_for_checkpoints_it_cannot_serve(loaded, tmp_path):
+    from dataclasses import replace
+
+    from tunellm.config.schema import FreezeMethod, PTuningV2Method
+    from tunellm.evaluate.vllm_backend import vllm_cannot_serve
+
+    assert vllm_cannot_serve(loaded) is None
+    assert vllm_cannot_serve(replace(loaded, checkpoint=None)) is None
+    dora = loaded.config.model_copy(update={"method": LoraMethod(r=4, use_dora=True)})
+    assert "DoRA" in vllm_cannot_serve(replace(loaded, config=dora))
+    prefix = loaded.config.model_copy(update={"method": PTuningV2Method()})
+    assert "not ptuning_v2" in vllm_cannot_serve(replace(loaded, config=prefix))
+    (tmp_path / "trained_weights.safetensors").write_bytes(b"")
+    frozen = loaded.config.model_copy(update={"method": FreezeMethod()})
+    assert "freeze" in vllm_cannot_serve(replace(loaded, config=frozen, checkpoint=tmp_path))

@@ -28,7 +28,7 @@ from tunellm.evaluate.run import (
     rounded,
     write_result,
 )
-from tunellm.evaluate.vllm_backend import VllmGenerator, pick_backend
+from tunellm.evaluate.vllm_backend import VllmGenerator, pick_backend, vllm_cannot_serve
 from tunellm.infer.generate import SamplingOptions, model_device
 from tunellm.infer.load import ADAPTER_CONFIG, CONFIG_FILE, InferenceModel, checkpoint_config, load_for_inference
 from tunellm.models.load import load_model
@@ -125,7 +125,12 @@ def evaluate_checkpoints(request: EvalRequest, say: Callable[[str], None] = _say
         label = label_for(loaded, ["base"] * request.compare + [r.label for r in results])
         say(f"{label}: {describe_model(loaded)}, template {loaded.template.name}, {len(conversations)} records")
         options = SamplingOptions(max_new_tokens=request.max_new_tokens or loaded.config.eval.max_new_tokens)
-        vllm = VllmGenerator(loaded) if backend == "vllm" else None
+        vllm = None
+        if backend == "vllm":
+            why_not = vllm_cannot_serve(loaded)
+            vllm = VllmGenerator(loaded) if why_not is None else None
+            if why_not:
+                say(f"{label}: generation with transformers: {why_not}")
         run = partial(evaluate_model, batch_size=request.batch_size, show_progress=request.show_progress)
         if request.compare and not results:
             with base_of(loaded) as (base_model, switched_off):

@@ -3,7 +3,8 @@
 Prompts are tokenized by tunellm (the same ids as transformers generation gets) and handed to vLLM as
 token ids; EOS ids and the template's stop strings stop a reply as they do in `infer.generate`.
 vLLM is an optional extra; without it, or without CUDA, `pick_backend` says so and evaluation
-generates with transformers. This path is not exercised by the CPU test suite.
+generates with transformers, as it does for checkpoints vLLM cannot serve (P-Tuning v2, DoRA, freeze).
+The CPU tests drive this module against a stand-in `vllm` package; real vLLM has not run here (no GPU).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tunellm.data.record import Conversation
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
 from tunellm.infer.generate import Generation, SamplingOptions, encode_prompts, find_stops
-from tunellm.infer.load import ADAPTER_CONFIG, InferenceModel
+from tunellm.infer.load import ADAPTER_CONFIG, TRAINED_WEIGHTS, InferenceModel
 from tunellm.models.tokenizer import model_location
 
 GPU_SHARE = 0.5  # the transformers copy of the model (for the loss) stays on the same GPU
@@ -46,6 +47,24 @@ def pick_backend(choice: str) -> tuple[str, str]:
     return "transformers", f"generation: transformers ({why})"
 
 
+def vllm_cannot_serve(loaded: InferenceModel) -> str | None:
+    """Why vLLM cannot generate as this checkpoint does, or None when it can (a base model, a whole-model
+    checkpoint, or a LoRA adapter served without merging)."""
+    checkpoint = loaded.checkpoint
+    if checkpoint is None:
+        return None
+    if (checkpoint / TRAINED_WEIGHTS).is_file():
+        return "vLLM loads whole models or LoRA adapters, not a freeze checkpoint's trained tensors"
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
+        return None
+    method = loaded.config.method
+    if method.name not in ("lora", "qlora"):
+        return f"vLLM serves LoRA adapters, not {method.name}"
+    if getattr(method, "use_dora", False):
+        return "vLLM does not serve DoRA adapters"
+    return None
+
+
 class VllmGenerator:
     """One vLLM engine per base model; each call may name a LoRA checkpoint or none (the base model)."""
 
@@ -55,10 +74,11 @@ class VllmGenerator:
         location, gguf_file = model_location(loaded.config.model)
         self.loaded = loaded
         self.lora_rank = getattr(loaded.config.method, "r", 8)
+        adapter = loaded.checkpoint is not None and (loaded.checkpoint / ADAPTER_CONFIG).is_file()
         self.engine = LLM(
             model=str(Path(location) / gguf_file) if gguf_file else location,
             tokenizer=str(loaded.checkpoint or location),
-            enable_lora=loaded.checkpoint is not None,
+            enable_lora=adapter,
             max_lora_rank=max(8, self.lora_rank),
             gpu_memory_utilization=GPU_SHARE,
             trust_remote_code=loaded.config.model.trust_remote_code,
@@ -91,7 +111,7 @@ class VllmGenerator:
         checkpoint = loaded.checkpoint
         lora = None
         if use_adapter and checkpoint is not None and (checkpoint / ADAPTER_CONFIG).is_file():
-            lora = LoRARequest("adapter", 1, str(checkpoint))
+            lora = LoRARequest("adapter", 1, str(checkpoint))  # PiSSA checkpoints hold plain LoRA already
         outputs = self.engine.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=lora)
         return [_generation(prompt, output.outputs[0]) for prompt, output in zip(prompts, outputs, strict=True)]
 
