@@ -243,9 +243,10 @@ def test_qlora_stops_before_anything_loads_without_cuda(tmp_path: Path, monkeypa
     assert caught.value.field == "method.name" and "method=lora" in str(caught.value)
 
 
-def test_qlora_trains_a_4bit_base_through_tunellm_train(tiny_llama_dir, tmp_path: Path, monkeypatch) -> None:
-    """bitsandbytes >= 0.49 also runs 4-bit layers on the CPU, so the whole QLoRA path (quantized load, LoRA on
-    top, paged 8-bit AdamW, checkpoint, reload for inference) runs here with only the CUDA check lifted."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_a_quantized_base_through_tunellm_train(bits, tiny_llama_dir, tmp_path: Path, monkeypatch) -> None:
+    """bitsandbytes >= 0.49 also runs 4- and 8-bit layers on the CPU, so the whole QLoRA path (quantized load, LoRA
+    on top, paged 8-bit AdamW, checkpoint, resume, reload for inference) runs here with only the CUDA check lifted."""
     pytest.importorskip("bitsandbytes")
     from tunellm.config.load import load_config
     from tunellm.infer.load import load_for_inference
@@ -253,20 +254,29 @@ def test_qlora_trains_a_4bit_base_through_tunellm_train(tiny_llama_dir, tmp_path
     from tunellm.train.run import train_from_config
 
     monkeypatch.setattr(qlora, "check", lambda config: None)
+    layers: set[str] = set()
+    apply = qlora.apply
+
+    def apply_and_record(model, options, family):  # the layer classes of the base as it loaded
+        layers.update(type(module).__name__ for module in model.modules())
+        return apply(model, options, family)
+
+    monkeypatch.setattr(qlora, "apply", apply_and_record)
     data = tmp_path / "train.jsonl"
     rows = [{"instruction": f"add {i} and 2", "output": str(i + 2)} for i in range(8)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     keys = [f"data.train={data}", f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"]
-    keys += [f"model.name_or_path={tiny_llama_dir}", "method=qlora", "r=4", "max_steps=3", "logging_steps=1"]
-    keys += ["learning_rate=1e-2", "report_to=none", "save_steps=3"]
+    keys += [f"model.name_or_path={tiny_llama_dir}", "method=qlora", f"bits={bits}", "r=4", "max_steps=3"]
+    keys += ["logging_steps=1", "learning_rate=1e-2", "report_to=none", "save_steps=3"]
     result = train_from_config(load_config(None, keys))
     assert result.global_step == 3 and result.train_loss is not None
+    assert {"Linear4bit" if bits == 4 else "Linear8bitLt"} <= layers  # the base really trained quantized
     step = tmp_path / "out" / "step-3"
     assert "__bnb_optimizer_quant_state__" in (step / "state" / "optimizer.json").read_text()
     resumed = train_from_config(load_config(None, [*keys, "max_steps=4"]))  # the 8-bit optimizer state reloads
     assert resumed.global_step == 4
     loaded = load_for_inference(step, device="cpu")  # the base loads unquantized for inference
-    assert not any("4bit" in type(m).__name__ for m in loaded.model.modules())
+    assert not any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in loaded.model.modules())
     assert any("lora_" in n for n, _ in loaded.model.named_parameters())
 
 
