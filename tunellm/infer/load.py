@@ -19,7 +19,7 @@ from tunellm.config.schema import RunConfig
 from tunellm.data.prepare import choose_template
 from tunellm.data.templates import Template, get_template
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods import METHODS
+from tunellm.methods import METHODS, freeze
 from tunellm.models.families import Family
 from tunellm.models.load import load_model
 from tunellm.train.checkpoint import BEST_FILE, list_checkpoints
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 FULL_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json")
-TRAINED_WEIGHTS = "trained_weights.safetensors"  # a freeze checkpoint: the trained tensors only
+TRAINED_WEIGHTS = freeze.WEIGHTS_FILE  # a freeze checkpoint: the trained tensors only
 CONFIG_FILE = "config.yaml"
 
 

@@ -14,7 +14,10 @@ puts a checkpoint's trained weights back in place for resume, when `save` writes
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,6 +88,15 @@ def check_fits(unexpected: list[str], folder: Path) -> None:
             file=str(folder),
             hint="the checkpoint was trained with other target modules or another base model",
         )
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft 0.21 reads `is_gradient_checkpointing`, which transformers 5.23 deprecated: a warning on every wrap,
+    load and merge that users can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def hook(method: Any, name: str) -> Any:

@@ -20,7 +20,7 @@ from torch import nn
 
 from tunellm.config.methods import LoraMethod
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods.base import METHODS, restore_peft
+from tunellm.methods.base import METHODS, quiet_peft, restore_peft
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -65,9 +65,7 @@ def apply(model: nn.Module, method: LoraMethod, family: Family) -> PeftModel:
         task_type="CAUSAL_LM",
     )
     try:
-        with warnings.catch_warnings():
-            # peft reads the attribute transformers 5.23 deprecated in favour of is_activation_checkpointing
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with quiet_peft():
             wrapped = get_peft_model(model, config)
     except ValueError as error:
         if "not found in the base model" not in str(error):
@@ -151,15 +149,13 @@ def load_adapter(base_model: nn.Module, folder: str | Path, *, trainable: bool =
             expected="a folder written by save_adapter",
             hint="the folder holds: " + (", ".join(present) or "nothing"),
         )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return PeftModel.from_pretrained(base_model, str(folder), is_trainable=trainable)
 
 
 def merge(model: PeftModel) -> nn.Module:
     """Fold the adapter into the base weights and drop the peft wrapper."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return model.merge_and_unload()
 
 

@@ -9,7 +9,6 @@ cannot be folded into the weights, so it is not mergeable.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from tunellm.config.methods import PTuningV2Method
 from tunellm.errors import ConfigError
-from tunellm.methods.base import METHODS, check_fits, restore_peft
+from tunellm.methods.base import METHODS, check_fits, quiet_peft, restore_peft
 
 ENCODER_STATE = Path("state") / "ptuning" / "prompt_encoder.safetensors"
 
@@ -71,8 +70,7 @@ def apply(model: nn.Module, method: PTuningV2Method, family: Family) -> PeftMode
         encoder_hidden_size=method.prefix_hidden_size,
         **options,
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return get_peft_model(model, config)
 
 
@@ -115,8 +113,7 @@ def restore(model: PeftModel, folder: str | Path) -> None:
 def load(base_model: nn.Module, folder: str | Path, *, trainable: bool = False) -> PeftModel:
     from peft import PeftModel
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         model = PeftModel.from_pretrained(base_model, str(folder))
     if trainable:  # peft refuses is_trainable for prompt learning; the prefix encoder is all there is to train
         for name, param in model.named_parameters():

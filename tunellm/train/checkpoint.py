@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from tunellm.atomic import fsync_path, write_json_atomic
 from tunellm.errors import ConfigError, ModelError
+from tunellm.methods import freeze
 from tunellm.methods.base import hook, restore_peft, restore_tensors
 from tunellm.train.state import TrainState, capture_rng, restore_rng
 
@@ -35,7 +36,7 @@ WEIGHT_FILES = (
     "adapter_model.safetensors",
     "model.safetensors",
     "model.safetensors.index.json",
-    "trained_weights.safetensors",
+    freeze.WEIGHTS_FILE,
 )
 BEST_FILE = "best.json"
 
