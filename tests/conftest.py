@@ -53,3 +53,42 @@ def tiny_llama_dir(default_tokenizer, tiny_llama, tmp_path_factory):
     tiny_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id, **ids).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def write_checkpoint(default_tokenizer):
+    """A factory: save `model` into `folder` as a step-N checkpoint of `method` (its options) trained on `base`,
+    as `train.checkpoint.save_checkpoint` writes one, minus the resume-only state/."""
+    import yaml
+
+    from tunellm.config.schema import ModelConfig, RunConfig
+    from tunellm.methods import METHODS
+
+    def write(model, folder, method, base):
+        folder.mkdir(parents=True, exist_ok=True)
+        METHODS.get(method.name).save(model, folder)
+        default_tokenizer.save_pretrained(str(folder))
+        config = RunConfig(model=ModelConfig(name_or_path=str(base)), method=method)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        return folder
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_checkpoint(tiny_llama_dir, write_checkpoint, tmp_path_factory):
+    """`run/step-2`: a LoRA (r=4) checkpoint on the tiny llama whose adapter changes the output a lot. Read-only."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tunellm.config.schema import LoraMethod
+    from tunellm.methods import lora
+    from tunellm.models.families import family_for
+
+    model = lora.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), LoraMethod(r=4), family_for("llama"))
+    torch.manual_seed(2)
+    with torch.no_grad():  # B starts at zero: make the adapter change the output
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return write_checkpoint(model, tmp_path_factory.mktemp("lora") / "run" / "step-2", LoraMethod(r=4), tiny_llama_dir)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from accelerate import Accelerator
 from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
-from tunellm.config.schema import EvalConfig, LoraMethod, ModelConfig, RunConfig, TrainConfig
+from tunellm.config.schema import EvalConfig, LoraMethod, RunConfig, TrainConfig
 from tunellm.data.tokenize import TokenizeOptions, tokenize_conversations
 from tunellm.errors import ConfigError
 from tunellm.evaluate import evaluate_model, make_dev_scorer
@@ -29,7 +28,6 @@ from tunellm.infer.load import load_for_inference
 from tunellm.methods import lora
 from tunellm.models.families import family_for
 from tunellm.train import fit
-from tunellm.train.checkpoint import save_trainable
 from tunellm.train.loop import evaluate as loop_evaluate
 
 TRIPLE = {
@@ -71,21 +69,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, default_tokenizer, tiny_llama_dir) -> dict[str, Path]:
+def run(tmp_path_factory, tiny_llama_dir, tiny_lora_checkpoint) -> dict[str, Path]:
     """A tiny base model folder, a step-2 LoRA checkpoint on it, and two data files."""
     root = tmp_path_factory.mktemp("eval")
-    base = tiny_llama_dir
-    model = lora.apply(LlamaForCausalLM.from_pretrained(base), LoraMethod(r=4), family_for("llama"))
-    torch.manual_seed(2)
-    with torch.no_grad():  # B starts at zero: make the adapter change the output
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    checkpoint = root / "run" / "step-2"
-    save_trainable(model, checkpoint)
-    default_tokenizer.save_pretrained(str(checkpoint))
-    saved = RunConfig(model=ModelConfig(name_or_path=str(base)), method=LoraMethod(r=4))
-    (checkpoint / "config.yaml").write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
+    base, checkpoint = tiny_llama_dir, tiny_lora_checkpoint
     data = write_jsonl(root / "mixed.jsonl", [*CONTEXT_TARGET, {"context": "Question: no answer\nAnswer: "}])
     return {"base": base, "checkpoint": checkpoint, "data": data, "cblue": write_jsonl(root / "sts.json", PROMPTCBLUE)}
 
@@ -206,7 +193,7 @@ def test_the_dev_scorer_chooses_the_best_checkpoint_by_a_task_metric(run, loaded
     assert make_dev_scorer(loss_only, loaded.tokenizer, loaded.template, conversations) is None
 
 
-def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, default_tokenizer, tmp_path):
+def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, write_checkpoint, tmp_path):
     from tunellm.config.schema import FreezeMethod
     from tunellm.methods import freeze
 
@@ -215,12 +202,7 @@ def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, default_tokenize
     with torch.no_grad():
         for param in (p for p in model.parameters() if p.requires_grad):
             param.add_(torch.randn_like(param) * 0.5)
-    checkpoint = tmp_path / "frozen" / "step-1"
-    checkpoint.mkdir(parents=True)
-    freeze.save(model, checkpoint)
-    default_tokenizer.save_pretrained(str(checkpoint))
-    saved = RunConfig(model=ModelConfig(name_or_path=str(run["base"])), method=FreezeMethod(trainable_layers=1))
-    (checkpoint / "config.yaml").write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
+    checkpoint = write_checkpoint(model, tmp_path / "frozen" / "step-1", FreezeMethod(trainable_layers=1), run["base"])
     common = [str(run["data"]), "--max-new-tokens", "5", "--no-progress"]
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["eval", *common, "--adapter", str(checkpoint), "--compare", "-o", str(out)])

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
-from tunellm.config.schema import LoraMethod, ModelConfig, RunConfig
+from tunellm.config.schema import LoraMethod
 from tunellm.data.record import Conversation, Source, Turn
 from tunellm.errors import ModelError
 from tunellm.infer.chat import ChatSession, chat_loop
@@ -21,22 +20,14 @@ from tunellm.infer.generate import SamplingOptions, generate
 from tunellm.infer.load import load_for_inference, resolve_checkpoint
 from tunellm.methods import lora
 from tunellm.models.families import family_for
-from tunellm.train.checkpoint import save_trainable, write_best
+from tunellm.train.checkpoint import write_best
 from tunellm.train.state import TrainState
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_checkpoint(model, tokenizer, folder: Path, base: Path) -> None:
-    """A step-N folder as `train.checkpoint.save_checkpoint` writes it, minus the resume-only state/."""
-    save_trainable(model, folder)
-    tokenizer.save_pretrained(str(folder))
-    config = RunConfig(model=ModelConfig(name_or_path=str(base)), method=LoraMethod(r=4))
-    (folder / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, default_tokenizer, tiny_llama_dir) -> dict[str, Path]:
+def run(tmp_path_factory, write_checkpoint, tiny_llama_dir) -> dict[str, Path]:
     """A tiny base model folder and a run folder with step-2 (best, in best.json) and step-4 checkpoints."""
     root = tmp_path_factory.mktemp("infer")
     base = tiny_llama_dir
@@ -48,7 +39,7 @@ def run(tmp_path_factory, default_tokenizer, tiny_llama_dir) -> dict[str, Path]:
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.5)
-        write_checkpoint(model, default_tokenizer, out / f"step-{step}", base)
+        write_checkpoint(model, out / f"step-{step}", LoraMethod(r=4), base)
     return {"base": base, "run": out, "root": root}
 
 

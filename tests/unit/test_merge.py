@@ -14,34 +14,19 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from tunellm.cli.main import main
-from tunellm.config.schema import LoraMethod, ModelConfig, RunConfig
 from tunellm.data.record import Conversation, Source, Turn
 from tunellm.data.templates import get_template
 from tunellm.errors import ConfigError, DataError
 from tunellm.infer.merge import MergeOptions, merge_checkpoint
 from tunellm.infer.parity import PARITY_FILE, Outputs, compare
 from tunellm.methods import METHODS, lora
-from tunellm.models.families import family_for
-from tunellm.train.checkpoint import save_trainable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, default_tokenizer, tiny_llama_dir) -> Path:
-    """A step-2 LoRA checkpoint on the tiny llama whose adapter changes the output a lot."""
-    model = lora.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), LoraMethod(r=4), family_for("llama"))
-    torch.manual_seed(2)
-    with torch.no_grad():  # B starts at zero: make the adapter change the output
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    folder = tmp_path_factory.mktemp("merge") / "run" / "step-2"
-    save_trainable(model, folder)
-    default_tokenizer.save_pretrained(str(folder))
-    saved = RunConfig(model=ModelConfig(name_or_path=str(tiny_llama_dir)), method=LoraMethod(r=4))
-    (folder / "config.yaml").write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
-    return folder
+def checkpoint(tiny_lora_checkpoint) -> Path:
+    return tiny_lora_checkpoint
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -124,7 +109,6 @@ def test_a_method_that_cannot_merge_is_refused_before_loading(checkpoint, monkey
     assert f"tunellm chat --adapter {checkpoint}" in str(error.value)
 
 
-@pytest.mark.skipif("ptuning_v2" not in METHODS, reason="ptuning_v2 is not registered")
 def test_a_ptuning_v2_checkpoint_is_refused_with_a_clean_error(checkpoint, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "step-1"
     shutil.copytree(checkpoint, folder)
@@ -195,7 +179,7 @@ def test_a_prompt_the_written_tokenizer_encodes_otherwise_fails():
     assert report.problems()[1:] == ["the written tokenizer renders 1 of 2 prompts differently"]
 
 
-def test_a_freeze_checkpoint_merges_into_its_base(default_tokenizer, tiny_llama_dir, tmp_path, monkeypatch, capsys):
+def test_a_freeze_checkpoint_merges_into_its_base(write_checkpoint, tiny_llama_dir, tmp_path, monkeypatch, capsys):
     from tunellm.config.schema import FreezeMethod
 
     freeze = METHODS.get("freeze")
@@ -203,12 +187,7 @@ def test_a_freeze_checkpoint_merges_into_its_base(default_tokenizer, tiny_llama_
     with torch.no_grad():
         for param in (p for p in model.parameters() if p.requires_grad):
             param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(4)) * 0.5)
-    folder = tmp_path / "frozen" / "step-1"
-    folder.mkdir(parents=True)
-    freeze.save(model, folder)
-    default_tokenizer.save_pretrained(str(folder))
-    saved = RunConfig(model=ModelConfig(name_or_path=str(tiny_llama_dir)), method=FreezeMethod(trainable_layers=1))
-    (folder / "config.yaml").write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
+    folder = write_checkpoint(model, tmp_path / "frozen" / "step-1", FreezeMethod(trainable_layers=1), tiny_llama_dir)
     out = tmp_path / "merged"
     status, _, stderr = run_cli(monkeypatch, capsys, "merge", str(folder), "-o", str(out))
     assert status == 0, stderr
