@@ -92,3 +92,75 @@ def tiny_lora_checkpoint(tiny_llama_dir, write_checkpoint, tmp_path_factory):
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     return write_checkpoint(model, tmp_path_factory.mktemp("lora") / "run" / "step-2", LoraMethod(r=4), tiny_llama_dir)
+
+
+def mixed_corpus() -> list[str]:
+    """Chinese, English and code lines, no downloads: the strings of the test data fixtures, tunellm's own
+    source, and the shared data sets' first lines where this machine has them."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lines: list[str] = []
+
+    def strings(value) -> None:
+        if isinstance(value, str):
+            lines.extend(part for part in value.split("\n") if part.strip())
+        elif isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                strings(item)
+
+    for path in sorted((root / "tests" / "fixtures" / "data").glob("*/*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                strings(json.loads(line))
+            except ValueError:
+                lines.append(line)
+    for path in sorted((root / "tunellm" / "data").rglob("*.py")):
+        lines += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    shared = Path("/work/shared/data/alpaca_zh/zh-data-part-00.json")
+    if shared.is_file():
+        strings(json.loads(shared.read_text(encoding="utf-8"))[:300])
+    return lines
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_folders(tmp_path_factory):
+    """{"chatglm" | "nfkc" | "baichuan": folder}, each with a tiny BPE tokenizer.model trained on mixed_corpus()
+    with the options of that family's released tokenizer (ChatGLM2: identity, dummy prefix; Baichuan: identity,
+    no dummy prefix, reserved tokens as user-defined symbols), or SentencePiece's defaults; byte fallback."""
+    import io
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    corpus = mixed_corpus()
+    common = {"model_type": "bpe", "vocab_size": 2000, "hard_vocab_limit": False, "byte_fallback": True}
+    common.update(
+        character_coverage=0.98,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    kinds = {
+        "chatglm": {"normalization_rule_name": "identity", "remove_extra_whitespaces": False},
+        "nfkc": {},  # SentencePiece's defaults: NFKC, extra whitespace removed, dummy prefix
+        "baichuan": {
+            "add_dummy_prefix": False,
+            "remove_extra_whitespaces": False,
+            "normalization_rule_name": "identity",
+            "user_defined_symbols": ["<reserved_106>", "<reserved_107>"],
+        },
+    }
+    folders = {}
+    for kind, options in kinds.items():
+        model = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus), model_writer=model, **common, **options
+        )
+        folder = tmp_path_factory.mktemp(f"spm_{kind}")
+        (folder / "tokenizer.model").write_bytes(model.getvalue())
+        folders[kind] = folder
+    return folders

@@ -10,7 +10,9 @@ from tunellm.errors import ModelError
 
 
 def model_location(model: ModelConfig) -> tuple[str, str | None]:
-    """(folder or hub name, gguf file name or None) for a model config; None means the default model."""
+    """(folder or hub name, gguf file name or None) for a model config; None means the default model.
+
+    A checkpoint written for remote code that has a native form gives the folder of its cached conversion."""
     if model.name_or_path is None:
         from tunellm.models.default import default_model_dir
 
@@ -20,6 +22,10 @@ def model_location(model: ModelConfig) -> tuple[str, str | None]:
         if not path.is_file():
             raise ModelError("GGUF file not found", file=str(path))
         return str(path.parent), path.name
+    if model.gguf_file is None:  # ChatGLM2/3 and Baichuan-7B folders load from their native conversion
+        from tunellm.models.convert.native import native_location
+
+        return native_location(model.name_or_path, model.trust_remote_code), None
     return model.name_or_path, model.gguf_file
 
 

@@ -71,6 +71,11 @@ def llama_style_tiny(model_type: str, **overrides: Any) -> dict[str, Any]:
 TemplateChooser = Callable[[Any, Any], str]
 
 
+def converted_from(config: Any) -> str | None:
+    """The remote-code family a native checkpoint was converted from (tunellm.models.convert), if any."""
+    return getattr(config, "tunellm_origin", None)
+
+
 @dataclass(frozen=True)
 class Family:
     """`template` is a template name, "auto" (the tokenizer's own chat template, else `fallback_template`),
@@ -91,7 +96,12 @@ class Family:
             return self.template(tokenizer, config)
         if self.template != "auto":
             return self.template
-        return "hf_chat" if getattr(tokenizer, "chat_template", None) else self.fallback_template
+        return auto_template(tokenizer, self.fallback_template)
+
+
+def auto_template(tokenizer: Any, fallback: str) -> str:
+    """The tokenizer's own chat template where it has one, else `fallback`."""
+    return "hf_chat" if getattr(tokenizer, "chat_template", None) else fallback
 
 
 FAMILIES: Registry[Family] = Registry("model family")

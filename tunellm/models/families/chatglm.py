@@ -1,4 +1,7 @@
-"""ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B and the first GLM-4 release: remote code, model_type `chatglm`."""
+"""model_type `chatglm` run by the checkpoint's own code: ChatGLM-6B (2D positions, no native form yet), and
+ChatGLM2-6B, ChatGLM3-6B or the first GLM-4 release when the user sets trust_remote_code. Without it those
+three load as native `glm` (tunellm.models.convert.chatglm2) and get the glm family, which keeps this
+family's template choice and stop tokens."""
 
 from __future__ import annotations
 
