@@ -125,14 +125,19 @@ def mixed_corpus() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def sentencepiece_folders(tmp_path_factory):
+def mixed_lines() -> list[str]:
+    return mixed_corpus()
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_folders(tmp_path_factory, mixed_lines):
     """{"chatglm" | "nfkc" | "baichuan": folder}, each with a tiny BPE tokenizer.model trained on mixed_corpus()
     with the options of that family's released tokenizer (ChatGLM2: identity, dummy prefix; Baichuan: identity,
     no dummy prefix, reserved tokens as user-defined symbols), or SentencePiece's defaults; byte fallback."""
     import io
 
     sentencepiece = pytest.importorskip("sentencepiece")
-    corpus = mixed_corpus()
+    corpus = mixed_lines
     common = {"model_type": "bpe", "vocab_size": 2000, "hard_vocab_limit": False, "byte_fallback": True}
     common.update(
         character_coverage=0.98,

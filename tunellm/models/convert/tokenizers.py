@@ -111,6 +111,7 @@ def fast_from_sentencepiece(source: Path, raw: dict[str, Any]) -> Any:
         extra = CHATGLM_SPECIALS + (CHATGLM3_ROLES if chatglm_roles(source) else ())
         backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in extra])
         names["pad_token"] = spec.unk_piece  # ChatGLM2 pads with <unk>
+        del names["bos_token"]  # it writes no BOS, and "<s>" in text stays text there
         side = "left"
     else:
         for key in names:
