@@ -45,7 +45,9 @@ from tunellm.infer.parity import (
     run_model,
 )
 from tunellm.methods import METHODS
+from tunellm.models.convert.native import ORIGINAL
 from tunellm.models.load import load_model
+from tunellm.models.tokenizer import model_location
 
 
 @dataclass
@@ -186,7 +188,17 @@ def write_merged(method: Any, loaded: InferenceModel, chat_template: str, folder
         tokenizer.save_pretrained(str(folder))
     finally:
         tokenizer.chat_template = original
+    keep_original_files(loaded.config.model, folder)
     return stops
+
+
+def keep_original_files(model_config: ModelConfig, folder: Path) -> None:
+    """A base converted from remote-code layout (ChatGLM2/3, Baichuan) passes its original config, code and
+    tokenizer files on, so that `tunellm model convert MERGED --to-original` can write the original layout."""
+    base, _ = model_location(model_config)
+    kept = Path(base) / ORIGINAL
+    if kept.is_dir():
+        shutil.copytree(kept, folder / ORIGINAL)
 
 
 def merged_generation_config(base: Any, stops: Stops, pad_id: int) -> Any:
