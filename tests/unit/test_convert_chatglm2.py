@@ -90,18 +90,41 @@ def save_original(model, config, folder: Path, tokenizer_model: Path, modeling_f
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
 
 
+def scale_base_instead(reference_model, folder: Path, ratio: float) -> None:
+    """ChatGLM3-32k and GLM-4 multiply the rotary base by rope_ratio where ChatGLM2-32k divides the positions:
+    the reference computes that variant with its base raised and its ratio at 1, and the checkpoint's code
+    file says so as the released ChatGLM3 code does."""
+    rotary = reference_model.transformer.rotary_pos_emb
+    rotary.rope_ratio = 1.0
+
+    def forward(max_seq_len: int, offset: int = 0):
+        return type(rotary).forward_impl(
+            rotary, max_seq_len, rotary.dim, dtype=rotary.inv_freq.dtype, device=rotary.inv_freq.device,
+            base=10000 * ratio,
+        )  # fmt: skip
+
+    rotary.forward = forward
+    code = (folder / "modeling_chatglm.py").read_text()
+    (folder / "modeling_chatglm.py").write_text(
+        code.replace("/ self.rope_ratio", "") + "\nbase = base * self.rope_ratio\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def checkpoints(reference, sentencepiece_folders, tmp_path_factory):
-    """{rope_ratio: (reference model, original-layout folder)} for ChatGLM2-6B (1) and its 32k variant (16)."""
+    """{variant: (reference model, original-layout folder)}: ChatGLM2-6B (rope_ratio 1), ChatGLM2-6B-32k (16,
+    positions divided) and a ChatGLM3-32k-style model (50, base multiplied)."""
     root = tmp_path_factory.mktemp("chatglm2")
     made = {}
-    for ratio in (1.0, 16.0):
+    for variant, ratio in (("plain", 1.0), ("32k", 16.0), ("chatglm3-32k", 50.0)):
         model, config = build_reference(reference, ratio)
-        folder = root / f"ratio{int(ratio)}"
+        folder = root / variant
         save_original(
             model, config, folder, sentencepiece_folders["chatglm"] / "tokenizer.model", reference[1].__file__
         )
-        made[ratio] = (model, folder)
+        if variant == "chatglm3-32k":
+            scale_base_instead(model, folder, ratio)
+        made[variant] = (model, folder)
     return made
 
 
@@ -129,13 +152,15 @@ def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("ratio", [1.0, 16.0])
-def test_single_prompts_match_the_reference(ratio: float, checkpoints) -> None:
-    reference_model, folder = checkpoints[ratio]
+@pytest.mark.parametrize("variant", ["plain", "32k", "chatglm3-32k"])
+def test_single_prompts_match_the_reference(variant: str, checkpoints) -> None:
+    reference_model, folder = checkpoints[variant]
     model, tokenizer, family = native_model(folder)
     assert type(model).__name__ == "GlmForCausalLM" and family.name == "glm"
+    rope = {"plain": ("default", 10000.0), "32k": ("linear", 10000.0), "chatglm3-32k": ("default", 500000.0)}
+    assert (model.config.rope_parameters["rope_type"], model.config.rope_parameters["rope_theta"]) == rope[variant]
     assert not any("modeling_chatglm" in name for name in __import__("sys").modules)
-    for length in (1, 7, 40):
+    for length in (1, 7, 90):
         ids = torch.randint(3, 2000, (1, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
             expected, got = reference_model(input_ids=ids).logits, model(input_ids=ids).logits
@@ -144,7 +169,7 @@ def test_single_prompts_match_the_reference(ratio: float, checkpoints) -> None:
 
 
 def test_left_padded_batch_matches_the_reference(checkpoints) -> None:
-    reference_model, folder = checkpoints[1.0]
+    reference_model, folder = checkpoints["plain"]
     model, tokenizer, _ = native_model(folder)
     texts = ["你好，请介绍一下你自己。", "def add(a, b):\n    return a + b", "Hi"]
     rows = [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
@@ -162,7 +187,7 @@ def test_left_padded_batch_matches_the_reference(checkpoints) -> None:
 
 
 def test_multi_turn_prompt_and_greedy_continuation_match(reference, checkpoints) -> None:
-    reference_model, folder = checkpoints[1.0]
+    reference_model, folder = checkpoints["plain"]
     model, tokenizer, family = native_model(folder)
     template_name = family.template_for(tokenizer, model.config)
     assert template_name == "chatglm2"
@@ -193,7 +218,7 @@ def test_multi_turn_prompt_and_greedy_continuation_match(reference, checkpoints)
 
 
 def test_conversion_is_cached_and_remote_code_still_optional(checkpoints, monkeypatch) -> None:
-    _, folder = checkpoints[1.0]
+    _, folder = checkpoints["plain"]
     first = Path(native.native_location(str(folder), trust_remote_code=False))
     assert first != folder and (first / "config.json").is_file() and (first / "original" / "config.json").is_file()
     monkeypatch.setattr(native, "convert_folder", lambda *a: pytest.fail("converted twice"))
@@ -202,7 +227,7 @@ def test_conversion_is_cached_and_remote_code_still_optional(checkpoints, monkey
 
 
 def test_rope_ratio_without_the_modeling_file_is_refused(checkpoints, tmp_path: Path) -> None:
-    _, folder = checkpoints[16.0]
+    _, folder = checkpoints["32k"]
     copy = tmp_path / "no_code"
     shutil.copytree(folder, copy)
     (copy / "modeling_chatglm.py").unlink()
