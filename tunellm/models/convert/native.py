@@ -17,12 +17,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import tunellm.models.chatglm6b  # noqa: F401  (registers the native ChatGLM-6B with the Auto classes)
 from tunellm.errors import ModelError
-from tunellm.models.convert import baichuan, chatglm2
+from tunellm.models.convert import baichuan, chatglm2, chatglm6b
 from tunellm.models.convert.tokenizers import convert_tokenizer
 from tunellm.models.convert.weights import read_state_dict, write_state_dict
 
-CONVERTERS: tuple[ModuleType, ...] = (chatglm2, baichuan)
+CONVERTERS: tuple[ModuleType, ...] = (chatglm2, chatglm6b, baichuan)
 ORIGINAL = "original"  # subfolder of a converted copy: the source's config, code and tokenizer files
 SOURCE_FIELD = "tunellm_origin"
 

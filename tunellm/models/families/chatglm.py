@@ -31,7 +31,7 @@ def fix_tokens(tokenizer: Any, model: Any) -> None:
 FAMILY = FAMILIES.register("chatglm")(
     Family(
         name="chatglm",
-        model_types=("chatglm",),
+        model_types=("chatglm", "tunellm_chatglm6b"),  # the second: ChatGLM-6B on tunellm's native code
         lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
         template=choose_template,
         needs_remote_code=True,

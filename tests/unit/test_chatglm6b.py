@@ -1,0 +1,126 @@
+"""ChatGLM-6B (v1) runs natively (tunellm.models.chatglm6b), checked against modelscope's ChatGLM-6B
+implementation on tiny random weights saved in the original layout: logits for prompts with and without a
+reply, a left-padded batch, and greedy decoding (our KV cache against the reference's full forward)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunellm.config.schema import ModelConfig
+from tunellm.models.load import load_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+MASK, GMASK, SOP, EOP, PAD = 1000, 1001, 1004, 1005, 3
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TUNELLM_HOME", str(tmp_path_factory.getbasetemp() / "tunellm_home"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A tiny random modelscope ChatGLM-6B (fp32) and its checkpoint folder in the original layout."""
+    try:
+        from modelscope.models.nlp.chatglm import configuration, text_generation
+    except ImportError as error:
+        pytest.skip(f"modelscope's ChatGLM-6B reference cannot be imported: {error}")
+    config = configuration.ChatGLMConfig(
+        vocab_size=1024, hidden_size=64, num_layers=2, num_attention_heads=4, inner_hidden_size=128,
+        max_sequence_length=256, bos_token_id=SOP, eos_token_id=EOP, mask_token_id=MASK, gmask_token_id=GMASK,
+        pad_token_id=PAD, position_encoding_2d=True,
+    )  # fmt: skip
+    real_tokenizer = text_generation.ChatGLMTokenizer
+    text_generation.ChatGLMTokenizer = type("NoTokenizer", (), {"from_pretrained": staticmethod(lambda *a: None)})
+    try:  # the reference loads a tokenizer in its constructor; the model needs none
+        torch.manual_seed(0)
+        model = text_generation.ChatGLMForConditionalGeneration(config)
+    finally:
+        text_generation.ChatGLMTokenizer = real_tokenizer
+    with torch.no_grad():  # it skips initialisation; it also keeps fp16 buffers until .float()
+        for name, param in model.named_parameters():
+            param.copy_(torch.randn_like(param) * 0.1 + (1.0 if "layernorm.weight" in name else 0.0))
+    model = model.float().eval()
+    folder = tmp_path_factory.mktemp("chatglm6b")
+    raw = {k: v for k, v in config.to_dict().items() if k not in {"id2label", "label2id"}}
+    raw.update(model_type="chatglm", architectures=["ChatGLMModel"], torch_dtype="float32",
+               auto_map={"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                         "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration"})  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(raw))
+    state = model.state_dict()
+    for layer in range(2):  # the released files hold the rotary buffers
+        state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = model.transformer.layers[
+            layer
+        ].attention.rotary_emb.inv_freq.half()
+    torch.save(state, folder / "pytorch_model.bin")
+    tiny_tokenizer().save_pretrained(folder)
+    return model, folder
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(1024)} | {"<pad>": PAD, "[MASK]": MASK, "[gMASK]": GMASK, "<sop>": SOP}
+    backend = Tokenizer(models.WordLevel(vocab | {"<eop>": EOP}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eop>", bos_token="<sop>")
+
+
+def native(folder):
+    from transformers import AutoModelForCausalLM
+
+    from tunellm.models.convert.native import native_location
+
+    return AutoModelForCausalLM.from_pretrained(native_location(str(folder), False)).eval()
+
+
+def prompt(length: int, reply: int, seed: int) -> list[int]:
+    ids = torch.randint(5, 1000, (length + reply,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return ids[:length] + [GMASK, SOP] + ids[length:]
+
+
+def test_logits_match_the_reference(reference) -> None:
+    model, folder = reference
+    ours = native(folder)
+    assert type(ours).__name__ == "ChatGLM6BForCausalLM"
+    for length, reply in ((1, 0), (6, 0), (9, 5), (30, 12)):
+        ids = torch.tensor([prompt(length, reply, seed=length)])
+        with torch.no_grad():
+            expected, got = model(input_ids=ids).logits, ours(input_ids=ids).logits
+        assert expected.std() > 0.1
+        torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_left_padded_batch_matches_each_prompt_alone(reference) -> None:
+    model, folder = reference
+    ours = native(folder)
+    rows = [prompt(12, 4, seed=1), prompt(3, 0, seed=2), prompt(7, 2, seed=3)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        got = ours(input_ids=ids, attention_mask=mask).logits
+        for i, row in enumerate(rows):
+            expected = model(input_ids=torch.tensor([row])).logits[0]
+            torch.testing.assert_close(got[i, width - len(row) :], expected, atol=TOLERANCE, rtol=0)
+
+
+def test_greedy_decoding_with_the_cache_matches_the_reference(reference) -> None:
+    model, folder = reference
+    ours = native(folder)
+    ids = torch.tensor([prompt(10, 0, seed=4)])
+    expected = ids
+    with torch.no_grad():
+        for _ in range(8):
+            step = model(input_ids=expected).logits[:, -1].argmax(-1, keepdim=True)
+            expected = torch.cat([expected, step], dim=-1)
+    ours.generation_config.eos_token_id = None
+    got = ours.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    assert got.tolist() == expected.tolist()
+
+
