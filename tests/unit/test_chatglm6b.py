@@ -124,3 +124,27 @@ def test_greedy_decoding_with_the_cache_matches_the_reference(reference) -> None
     assert got.tolist() == expected.tolist()
 
 
+def test_loads_through_tunellm_and_trains_with_lora(reference) -> None:
+    from tunellm.config.schema import LoraMethod
+    from tunellm.methods import lora
+
+    _, folder = reference
+    model, tokenizer, family = load_model(ModelConfig(name_or_path=str(folder)), device="cpu")
+    assert type(model).__name__ == "ChatGLM6BForCausalLM" and family.name == "chatglm"
+    assert family.template_for(tokenizer, model.config) == "chatglm"
+    wrapped = lora.apply(model, LoraMethod(r=4, lora_alpha=8, lora_dropout=0.0), family)
+    adapted = {n.rsplit(".", 1)[-1] for n, m in wrapped.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    batch = torch.tensor([prompt(6, 4, seed=9), prompt(6, 4, seed=10)])
+    labels = batch.clone()
+    labels[:, :8] = -100  # train the reply only
+    optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    wrapped.train()
+    for _ in range(3):
+        loss = wrapped(input_ids=batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
