@@ -124,3 +124,46 @@ def test_sentencepiece_tokenizers_match_sentencepiece(kind: str, sentencepiece_f
     assert not mismatched, f"{len(mismatched)} of {len(lines)} differ, first: {mismatched[:3]}"
     ids = processor.encode("数字12345 and hello\n world")
     assert fast.decode(ids) == processor.decode(ids)
+
+
+def test_chatglm6b_tokenizer_matches_the_reference(mixed_lines, corpus, tmp_path: Path) -> None:
+    import io
+
+    import sentencepiece
+
+    try:
+        from modelscope.models.nlp.chatglm.tokenization import SPTokenizer
+    except ImportError as error:
+        pytest.skip(f"modelscope's ChatGLM-6B tokenizer cannot be imported: {error}")
+    from tunellm.models.convert.tokenizers import ICE_SPECIALS, MAX_BLANK
+
+    layout = ["<n>", "<|tab|>", *(f"<|blank_{n}|>" for n in range(2, MAX_BLANK + 1))]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(mixed_lines), model_writer=model, model_type="bpe", vocab_size=2000,
+        hard_vocab_limit=False, byte_fallback=True, character_coverage=0.98, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=3, pad_piece="<pad>", user_defined_symbols=[*layout, *ICE_SPECIALS], num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    folder = tmp_path / "source"
+    folder.mkdir()
+    (folder / "ice_text.model").write_bytes(model.getvalue())
+    fast = converted(folder, tmp_path, "chatglm")
+    slow = SPTokenizer(str(folder / "ice_text.model"))
+    specials = {token: slow[token] for token in ICE_SPECIALS}
+    assert {t: fast.convert_tokens_to_ids(t) for t in specials} == specials and min(specials.values()) > 20000
+
+    def reference(text: str) -> list[int]:
+        ids = []
+        for chunk in split_specials(text, list(specials)):
+            ids += [specials[chunk]] if chunk in specials else slow.encode(chunk)
+        return ids
+
+    prompts = template_prompts(fast, ["chatglm"])
+    assert any("[gMASK]<sop>" in p for p in prompts)
+    code = ["def f(x):\n\tif x:\n        return  x", "a" + " " * 100 + "b"]
+    lines = corpus + prompts + code
+    mismatched = [line for line in lines if fast(line, add_special_tokens=False).input_ids != reference(line)]
+    assert not mismatched, f"{len(mismatched)} of {len(lines)} differ, first: {mismatched[:3]}"
+    for line in corpus[:200] + code:
+        ids = reference(line)
+        assert fast.decode(ids) == slow.decode(ids)

@@ -54,8 +54,8 @@ def normalizer(spec: Any) -> Any:
     return normalizers.Sequence(steps)
 
 
-def backend_from_proto(proto: Any) -> Any:
-    """A `tokenizers.Tokenizer` that encodes as the SentencePiece model does."""
+def backend_from_proto(proto: Any, offset: int = 0) -> Any:
+    """A `tokenizers.Tokenizer` that encodes as the SentencePiece model does (ids shifted by `offset`)."""
     from tokenizers import AddedToken, Tokenizer, decoders
     from tokenizers.models import BPE, Unigram
     from transformers.tokenization_utils_base import generate_merges
@@ -63,11 +63,15 @@ def backend_from_proto(proto: Any) -> Any:
     spec = proto.trainer_spec
     pieces = [(p.piece, p.score) for p in proto.pieces]
     if spec.model_type == 2:
-        vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+        vocab = {piece: i + offset for i, (piece, _) in enumerate(pieces)}
+        vocab.update({f"<image_{i}>": i for i in range(offset)})  # ChatGLM-6B's image ids come first
         skip = {p.piece for p in proto.pieces if p.type != NORMAL}
-        merges = generate_merges(vocab, dict(pieces), skip_tokens=skip)
-        model = BPE(vocab, merges, unk_token=spec.unk_piece, fuse_unk=True, byte_fallback=spec.byte_fallback)
-    elif spec.model_type == 1:
+        merges = generate_merges(vocab, dict(pieces), skip_tokens=skip | {f"<image_{i}>" for i in range(offset)})
+        model = BPE(
+            vocab, merges, unk_token=spec.unk_piece, fuse_unk=True, byte_fallback=spec.byte_fallback,
+            ignore_merges=bool(offset),  # ChatGLM-6B's layout marks are pre-tokens found whole in the vocabulary
+        )  # fmt: skip
+    elif spec.model_type == 1 and not offset:
         model = Unigram(pieces, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback)
     else:
         raise ModelError("only BPE and Unigram SentencePiece models are converted", field="tokenizer.model")
@@ -77,9 +81,42 @@ def backend_from_proto(proto: Any) -> Any:
     if proto.normalizer_spec.add_dummy_prefix:
         steps.append(decoders.Strip(content=" ", left=1))
     backend.decoder = decoders.Sequence(steps)
-    specials = [p.piece for p in proto.pieces if p.type in (CONTROL, USER_DEFINED) and p.piece not in ("<s>", "</s>")]
-    backend.add_special_tokens([AddedToken(piece, special=True, normalized=False) for piece in specials])
+    if not offset:  # ChatGLM-6B's caller adds its own
+        marked = (CONTROL, USER_DEFINED)
+        specials = [p.piece for p in proto.pieces if p.type in marked and p.piece not in ("<s>", "</s>")]
+        backend.add_special_tokens([AddedToken(piece, special=True, normalized=False) for piece in specials])
     return backend
+
+
+ICE_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>")
+IMAGE_TOKENS = 20000
+MAX_BLANK = 80
+
+
+def fast_from_ice_text(source: Path) -> Any:
+    """ChatGLM-6B's tokenizer: newlines as <n>, tabs as <|tab|>, runs of spaces as <|blank_N|>, then
+    SentencePiece, with every id shifted past 20,000 image tokens."""
+    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    proto = read_proto(source / "ice_text.model")
+    backend = backend_from_proto(proto, offset=IMAGE_TOKENS)
+    blanks = [(" " * n, f"<|blank_{n}|>") for n in range(MAX_BLANK, 1, -1)]
+    marks = [normalizers.Replace("\n", "<n>"), normalizers.Replace("\t", "<|tab|>")]
+    marks += [normalizers.Replace(spaces, name) for spaces, name in blanks]
+    backend.normalizer = normalizers.Sequence([*marks, backend.normalizer])
+    # SentencePiece keeps its user-defined marks whole and adds no dummy prefix after them
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"<n>|<\|tab\|>|<\|blank_\d+\|>"), behavior="isolated")
+    pieces = {p.piece for p in proto.pieces}
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ICE_SPECIALS if t in pieces])
+    restore = [decoders.Replace("<n>", "\n"), decoders.Replace("<|tab|>", "\t")]
+    restore += [decoders.Replace(name, spaces) for spaces, name in blanks]
+    backend.decoder = decoders.Sequence([*restore, backend.decoder])
+    pad = "<pad>" if "<pad>" in pieces else proto.trainer_spec.unk_piece
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<sop>", eos_token="<eop>", mask_token="[MASK]",
+        unk_token=proto.trainer_spec.unk_piece, pad_token=pad, padding_side="left",
+    )  # fmt: skip
 
 
 def chatglm_roles(source: Path) -> bool:
@@ -141,10 +178,13 @@ def convert_tokenizer(source: Path, target: Path, raw: dict[str, Any]) -> None:
             settings["tokenizer_class"] = "PreTrainedTokenizerFast"
             config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False), encoding="utf-8")
         return
+    if (source / "ice_text.model").is_file():
+        fast_from_ice_text(source).save_pretrained(target)
+        return
     if not (source / "tokenizer.model").is_file():
         raise ModelError(
             "the checkpoint has no tokenizer to convert",
             file=str(source),
-            expected="tokenizer.model (SentencePiece) or tokenizer.json",
+            expected="tokenizer.model or ice_text.model (SentencePiece), or tokenizer.json",
         )
     fast_from_sentencepiece(source, raw).save_pretrained(target)
