@@ -3,8 +3,9 @@ through `load_model`: LoRA wrap, two optimizer steps, adapter save and reload wi
 
 chatglm and baichuan run through small remote-code models written for the tests (tests/fixtures/remote_code)
 that use their config fields and module names, so the trust_remote_code gate and their LoRA targets are real.
-That path remains for what has no native form (ChatGLM-6B's 2D positions, Baichuan-13B's ALiBi) and for users
-who trust a checkpoint's code; ChatGLM2/3 and Baichuan-7B load natively without it (tests/unit/test_convert_*).
+That path remains for what has no native form (quantized ChatGLM releases, Baichuan-13B's ALiBi) and for users
+who trust a checkpoint's code; ChatGLM-6B/2/3 and Baichuan-7B load natively without it (tests/unit/test_convert_*,
+tests/unit/test_chatglm6b.py).
 """
 
 from __future__ import annotations
@@ -166,11 +167,11 @@ def test_remote_code_refused_unless_trusted(name: str, tiny_models: dict[str, Pa
         raise AssertionError("weights were loaded before the remote-code check")
 
     folder = tiny_models[name]  # baichuan's stand-in has ALiBi, as Baichuan-13B
-    if name == "chatglm":  # ChatGLM2/3 convert to native glm; the first ChatGLM-6B (2D positions) does not
-        folder = tmp_path / "chatglm-6b"
+    if name == "chatglm":  # ChatGLM-6B/2/3 load natively; their int4/int8 releases still need their own code
+        folder = tmp_path / "chatglm2-6b-int4"
         shutil.copytree(tiny_models[name], folder)
         raw = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**raw, "position_encoding_2d": True}))
+        (folder / "config.json").write_text(json.dumps({**raw, "quantization_bit": 4}))
     monkeypatch.setattr(load_module, "load_weights", no_weights)
     with pytest.raises(ModelError) as caught:
         load_model(ModelConfig(name_or_path=str(folder)), device="cpu")

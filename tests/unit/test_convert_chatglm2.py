@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,7 +160,10 @@ def test_single_prompts_match_the_reference(variant: str, checkpoints) -> None:
     assert type(model).__name__ == "GlmForCausalLM" and family.name == "glm"
     rope = {"plain": ("default", 10000.0), "32k": ("linear", 10000.0), "chatglm3-32k": ("default", 500000.0)}
     assert (model.config.rope_parameters["rope_type"], model.config.rope_parameters["rope_theta"]) == rope[variant]
-    assert not any("modeling_chatglm" in name for name in __import__("sys").modules)
+    assert type(model).__module__.startswith("transformers.models.glm")
+    shipped = str(folder / "modeling_chatglm.py")  # read for rope_ratio, never imported
+    assert not any(getattr(m, "__file__", None) == shipped for m in list(sys.modules.values()))
+    assert not any(name.startswith(f"transformers_modules.{folder.name}") for name in sys.modules)
     for length in (1, 7, 90):
         ids = torch.randint(3, 2000, (1, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():

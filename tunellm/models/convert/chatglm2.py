@@ -52,23 +52,24 @@ def rope_parameters(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     )
 
 
+def needs_own_code(raw: dict[str, Any], folder: Path, field: str, what: str) -> ModelError:
+    """The error for a checkpoint variant with no native form: only its own code runs it."""
+    return ModelError(
+        f"{what} ({field}={raw[field]}) has no native form",
+        file=str(folder / "config.json"),
+        field="model.trust_remote_code",
+        expected="true, to run the checkpoint's own code",
+        hint="read the checkpoint's .py files, then set model.trust_remote_code=true",
+    )
+
+
 def convert_config(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     for field, value in UNSUPPORTED.items():
         if raw.get(field, value) != value:
-            raise ModelError(
-                f"ChatGLM variant with {field}={raw[field]} has no native equivalent",
-                file=str(folder / "config.json"),
-                field=field,
-                expected=str(value),
-                hint="set model.trust_remote_code=true to run the checkpoint's own code",
-            )
-    if raw.get("pre_seq_len"):
-        raise ModelError(
-            "this checkpoint holds a P-Tuning v2 prefix encoder (pre_seq_len)",
-            file=str(folder / "config.json"),
-            field="pre_seq_len",
-            hint="load the base model and the prefix separately, or set model.trust_remote_code=true",
-        )
+            raise needs_own_code(raw, folder, field, "this ChatGLM variant")
+    for field, what in (("pre_seq_len", "a P-Tuning v2 prefix encoder"), ("quantization_bit", "quantized weights")):
+        if raw.get(field):
+            raise needs_own_code(raw, folder, field, f"this checkpoint holds {what}")
     heads = raw["num_attention_heads"]
     groups = raw.get("multi_query_group_num", 1) if raw.get("multi_query_attention") else heads
     eos = raw.get("eos_token_id", 2)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tunellm.errors import ModelError
+from tunellm.models.convert.chatglm2 import needs_own_code
 
 ORIGIN = "chatglm6b"
 KEPT = (
@@ -25,14 +25,9 @@ def accepts(raw: dict[str, Any]) -> bool:
 
 
 def convert_config(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-    for field, hint in (("pre_seq_len", "a P-Tuning v2 prefix"), ("quantization_bit", "quantized weights")):
+    for field, what in (("pre_seq_len", "a P-Tuning v2 prefix encoder"), ("quantization_bit", "quantized weights")):
         if raw.get(field):
-            raise ModelError(
-                f"this ChatGLM-6B checkpoint holds {hint} ({field}={raw[field]})",
-                file=str(folder / "config.json"),
-                field=field,
-                hint="use the full-precision base checkpoint, or set model.trust_remote_code=true",
-            )
+            raise needs_own_code(raw, folder, field, f"this ChatGLM-6B checkpoint holds {what}")
     fields = {key: raw[key] for key in KEPT if key in raw}
     fields.update(model_type="tunellm_chatglm6b", architectures=["ChatGLM6BForCausalLM"], tunellm_origin=ORIGIN)
     fields["dtype"] = raw.get("torch_dtype", raw.get("dtype", "float32"))
