@@ -292,3 +292,11 @@ def test_auto_dtype_and_device_on_cuda(tiny_models: dict[str, Path]) -> None:
     wrapped = lora.apply(model, lora_config(), family)
     batch = torch.randint(3, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(0)).cuda()
     train_two_steps(wrapped, batch)
+
+
+def test_ptuning_v2_refuses_remote_code(tiny_models: dict[str, Path]) -> None:
+    from tunellm.config.methods import PTuningV2Method
+
+    model, _, family = load_model(config_for("chatglm", tiny_models["chatglm"]), device="cpu")
+    with pytest.raises(ConfigError, match="remote code"):
+        METHODS.get("ptuning_v2").apply(model, PTuningV2Method(pre_seq_len=4), family)

@@ -148,3 +148,30 @@ def test_loads_through_tunellm_and_trains_with_lora(reference) -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_ptuning_v2_prefix_is_seen_and_generation_with_the_cache_agrees(reference) -> None:
+    from tunellm.config.methods import PTuningV2Method
+    from tunellm.methods import METHODS
+
+    _, folder = reference
+    model, _, family = load_model(ModelConfig(name_or_path=str(folder)), device="cpu")
+    wrapped = METHODS.get("ptuning_v2").apply(model, PTuningV2Method(pre_seq_len=4), family)
+    with torch.no_grad():
+        for param in wrapped.prompt_encoder.parameters():
+            param.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([prompt(6, 0, seed=11)])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        with_prefix = wrapped(input_ids=ids, attention_mask=mask).logits
+        with wrapped.disable_adapter():
+            without = wrapped(input_ids=ids, attention_mask=mask).logits
+    assert (with_prefix - without).abs().max() > 1e-2  # the trained prefix reaches every layer's attention
+    out = wrapped.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                           eos_token_id=None, output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    sequence = out.sequences
+    with torch.no_grad():  # each step's scores equal a full forward (no cache) over the prefix and the sequence
+        for step, scores in enumerate(out.scores):
+            upto = sequence[:, : ids.shape[1] + step]
+            full = wrapped(input_ids=upto, attention_mask=torch.ones_like(upto)).logits[:, -1]
+            torch.testing.assert_close(scores, full, atol=TOLERANCE, rtol=0)

@@ -52,12 +52,12 @@ def apply(model: nn.Module, method: PTuningV2Method, family: Family) -> PeftMode
     """Freeze the model and add a trained prefix of `pre_seq_len` positions to every attention layer."""
     from peft import PrefixTuningConfig, get_peft_model
 
-    if family.needs_remote_code:
+    if type(model).__module__.split(".")[0] == "transformers_modules":  # the checkpoint's own code
         raise ConfigError(
-            f"ptuning_v2 does not support the {family.name} family: its remote code handles no prefix cache",
+            f"ptuning_v2 does not support the {family.name} checkpoint's remote code: it handles no prefix cache",
             field="method.name",
-            hint="ChatGLM-6B's own code trains a prefix when its config sets pre_seq_len; "
-            "with tunellm use method=lora, or GLM-4 through the native glm family",
+            hint="ChatGLM-6B/2/3 and Baichuan-7B run natively when model.trust_remote_code is not set, and "
+            "ptuning_v2 works there; otherwise use method=lora",
         )
     options: dict[str, Any] = {}
     shape = key_value_heads(model.config)

@@ -195,16 +195,34 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
-        """Positions and mask come from the whole sequence; only the tokens not yet in the cache are run."""
-        positions, allowed = positions_and_mask(input_ids, attention_mask, self.config)
-        done = past_key_values.get_seq_length() if past_key_values is not None else 0
+        """Prefill runs the whole prompt (positions and prefix-LM mask built in forward); later steps run the new
+        tokens with positions taken from the whole sequence. The 2D mask stays 2D (peft prepends its prefix)."""
+        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        new = input_ids.shape[1] if prefill else kwargs.get("next_sequence_length") or 1
+        positions = None if prefill else positions_and_mask(input_ids, attention_mask, self.config)[0][..., -new:]
         return {
-            "input_ids": input_ids[:, done:],
-            "position_ids": positions[..., done:],
-            "attention_mask": allowed[:, :, done:],
+            "input_ids": input_ids[:, -new:],
+            "positions_2d": positions,  # not position_ids: peft shifts those past its prefix, which GLM does not
+            "attention_mask": attention_mask,
             "past_key_values": past_key_values,
             "use_cache": kwargs.get("use_cache", self.config.use_cache),
         }
+
+    def attention_for(self, input_ids, attention_mask, position_ids, past: int):
+        """(positions, allowed (batch, 1, new, past + new)). Without position_ids the inputs are whole sequences
+        and anything already cached is a trained prefix (P-Tuning v2) that every token sees; with them, the
+        inputs continue the cached sequence and see it causally."""
+        batch, new = input_ids.shape
+        padding = attention_mask if attention_mask is not None else input_ids.new_ones(batch, past + new)
+        if padding.shape[-1] != past + new:
+            raise ValueError(f"attention_mask covers {padding.shape[-1]} positions, expected {past + new}")
+        if position_ids is None:
+            positions, allowed = positions_and_mask(input_ids, padding[:, past:], self.config)
+            seen = padding[:, None, None, :past].bool().expand(batch, 1, new, past)
+            return positions, torch.cat([seen, allowed], dim=-1)
+        keys = torch.arange(past + new, device=input_ids.device)
+        causal = keys[None, :] <= past + torch.arange(new, device=input_ids.device)[:, None]
+        return position_ids, (causal[None, None] & padding[:, None, None, :].bool())
 
     def forward(
         self,
@@ -215,20 +233,19 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        positions_2d: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        if attention_mask is None or attention_mask.dim() == 2:  # a whole sequence: build positions and mask
-            if input_ids is None:
-                raise ValueError("ChatGLM-6B needs input_ids (its positions depend on [gMASK] and <sop>)")
-            positions, allowed = positions_and_mask(input_ids, attention_mask, self.config)
-            position_ids = positions if position_ids is None else position_ids
-        else:
-            allowed = attention_mask.bool()
+        position_ids = positions_2d if positions_2d is not None else position_ids
+        if input_ids is None:
+            raise ValueError("ChatGLM-6B needs input_ids (its positions depend on [gMASK] and <sop>)")
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        positions, allowed = self.attention_for(input_ids, attention_mask, position_ids, past)
         hidden = self.transformer.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         for layer in self.transformer.layers:
-            hidden = layer(hidden, position_ids, allowed, past_key_values if use_cache else None)
+            hidden = layer(hidden, positions, allowed, past_key_values)
         logits = self.lm_head(self.transformer.final_layernorm(hidden))
         loss = None
         if labels is not None:
