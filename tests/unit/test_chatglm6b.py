@@ -5,6 +5,7 @@ reply, a left-padded batch, and greedy decoding (our KV cache against the refere
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,15 @@ def test_ptuning_v2_prefix_is_seen_and_generation_with_the_cache_agrees(referenc
             upto = sequence[:, : ids.shape[1] + step]
             full = wrapped(input_ids=upto, attention_mask=torch.ones_like(upto)).logits[:, -1]
             torch.testing.assert_close(scores, full, atol=TOLERANCE, rtol=0)
+
+
+def test_converted_weights_go_back_to_the_original_layout(reference, tmp_path) -> None:
+    from tunellm.models.convert.native import native_location, write_original
+    from tunellm.models.convert.weights import read_state_dict
+
+    _, folder = reference
+    back = tmp_path / "original"
+    write_original(Path(native_location(str(folder), False)), back)
+    source, written = read_state_dict(folder), read_state_dict(back)
+    assert source.keys() == written.keys() and all(torch.equal(source[k], written[k]) for k in source)
+    assert json.loads((back / "config.json").read_text()) == json.loads((folder / "config.json").read_text())

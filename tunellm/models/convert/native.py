@@ -43,9 +43,11 @@ def local_folder(location: str) -> Path | None:
     if path.is_absolute() or location.startswith((".", "~")) or location.count("/") != 1:
         return None
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 
-        raw = json.loads(Path(hf_hub_download(location, "config.json")).read_text(encoding="utf-8"))
+        cached = try_to_load_from_cache(location, "config.json")
+        config_file = cached if isinstance(cached, str) else hf_hub_download(location, "config.json")
+        raw = json.loads(Path(config_file).read_text(encoding="utf-8"))
         if converter_for(raw) is None:
             return None
         return Path(snapshot_download(location))
