@@ -24,7 +24,14 @@ FAST_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
 
 
 def read_proto(model_file: Path) -> Any:
-    from sentencepiece import sentencepiece_model_pb2
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as error:
+        raise ModelError(
+            f"cannot read SentencePiece models: {error}",
+            file=str(model_file),
+            hint="pip install sentencepiece protobuf",
+        ) from None
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
