@@ -1,5 +1,5 @@
 """A ChatGLM2 checkpoint in its original layout through the whole workflow on its native form: `tunellm model
-convert` both ways (weights round-trip exactly), LoRA training, chat, merge and the merged weights written back
+convert` both ways (weights round-trip exactly), LoRA training, chat, eval, merge and the merged weights written back
 in the original layout, and P-Tuning v2. The checkpoint is a tiny random native glm written in the original
 layout by the inverse mapping, so these tests need no reference package."""
 
@@ -109,6 +109,12 @@ def test_lora_train_chat_merge_and_back_to_the_original_layout(original, tmp_pat
     status, stdout, stderr = run_cli(monkeypatch, capsys, "chat", "--adapter", str(step), "--prompt", "你好",
                                      "--max-new-tokens", "4")  # fmt: skip
     assert status == 0 and stdout.strip(), stderr
+
+    scores = tmp_path / "eval"
+    status, _, stderr = run_cli(monkeypatch, capsys, "eval", str(data), "--adapter", str(step), "--max-new-tokens",
+                                "3", "--max-rows", "4", "--no-progress", "-o", str(scores))  # fmt: skip
+    assert status == 0, stderr[-3000:]
+    assert json.loads((scores / "metrics.json").read_text())["overall"]["loss"] > 0
 
     merged = tmp_path / "merged"
     status, _, stderr = run_cli(monkeypatch, capsys, "merge", str(step), "-o", str(merged))
