@@ -169,3 +169,24 @@ def sentencepiece_folders(tmp_path_factory, mixed_lines):
         (folder / "tokenizer.model").write_bytes(model.getvalue())
         folders[kind] = folder
     return folders
+
+
+@pytest.fixture(scope="session")
+def ice_text_folder(tmp_path_factory, mixed_lines):
+    """A folder with a tiny ChatGLM-6B-style ice_text.model: BPE, byte fallback, <n>/<|tab|>/<|blank_N|> marks
+    and the special tokens as user-defined symbols, <pad> at id 3."""
+    import io
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from tunellm.models.convert.tokenizers import ICE_SPECIALS, MAX_BLANK
+
+    layout = ["<n>", "<|tab|>", *(f"<|blank_{n}|>" for n in range(2, MAX_BLANK + 1))]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(mixed_lines), model_writer=model, model_type="bpe", vocab_size=2000,
+        hard_vocab_limit=False, byte_fallback=True, character_coverage=0.98, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=3, pad_piece="<pad>", user_defined_symbols=[*layout, *ICE_SPECIALS], num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("ice_text")
+    (folder / "ice_text.model").write_bytes(model.getvalue())
+    return folder

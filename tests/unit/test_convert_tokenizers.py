@@ -126,27 +126,16 @@ def test_sentencepiece_tokenizers_match_sentencepiece(kind: str, sentencepiece_f
     assert fast.decode(ids) == processor.decode(ids)
 
 
-def test_chatglm6b_tokenizer_matches_the_reference(mixed_lines, corpus, tmp_path: Path) -> None:
-    import io
-
-    import sentencepiece
-
+def test_chatglm6b_tokenizer_matches_the_reference(ice_text_folder, corpus, tmp_path: Path) -> None:
     try:
         from modelscope.models.nlp.chatglm.tokenization import SPTokenizer
     except ImportError as error:
         pytest.skip(f"modelscope's ChatGLM-6B tokenizer cannot be imported: {error}")
-    from tunellm.models.convert.tokenizers import ICE_SPECIALS, MAX_BLANK
+    from tunellm.models.convert.tokenizers import ICE_SPECIALS
 
-    layout = ["<n>", "<|tab|>", *(f"<|blank_{n}|>" for n in range(2, MAX_BLANK + 1))]
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(mixed_lines), model_writer=model, model_type="bpe", vocab_size=2000,
-        hard_vocab_limit=False, byte_fallback=True, character_coverage=0.98, unk_id=0, bos_id=1, eos_id=2,
-        pad_id=3, pad_piece="<pad>", user_defined_symbols=[*layout, *ICE_SPECIALS], num_threads=1, minloglevel=2,
-    )  # fmt: skip
     folder = tmp_path / "source"
     folder.mkdir()
-    (folder / "ice_text.model").write_bytes(model.getvalue())
+    (folder / "ice_text.model").write_bytes((ice_text_folder / "ice_text.model").read_bytes())
     fast = converted(folder, tmp_path, "chatglm")
     slow = SPTokenizer(str(folder / "ice_text.model"))
     specials = {token: slow[token] for token in ICE_SPECIALS}

@@ -147,3 +147,55 @@ def test_ptuning_v2_trains_on_the_native_form(original, tmp_path, monkeypatch, c
     status, stdout, stderr = run_cli(monkeypatch, capsys, "chat", "--adapter", str(run / "step-2"), "--prompt", "你好",
                                      "--max-new-tokens", "3")  # fmt: skip
     assert status == 0, stderr
+
+
+@pytest.fixture(scope="module")
+def original_v1(tmp_path_factory, ice_text_folder) -> Path:
+    """A ChatGLM-6B-shaped folder: config.json (chatglm, position_encoding_2d), original names, ice_text.model;
+    the special token ids in the config are the tokenizer's."""
+    from tunellm.models.chatglm6b import ChatGLM6BConfig, ChatGLM6BForCausalLM
+    from tunellm.models.convert import chatglm6b
+    from tunellm.models.convert.tokenizers import fast_from_ice_text
+
+    folder = tmp_path_factory.mktemp("chatglm6b_original")
+    shutil.copy(ice_text_folder / "ice_text.model", folder / "ice_text.model")
+    tokenizer = fast_from_ice_text(folder)
+    ids = dict(zip(("mask", "gmask", "bos", "eos", "pad"), tokenizer.convert_tokens_to_ids(
+        ["[MASK]", "[gMASK]", "<sop>", "<eop>", "<pad>"]), strict=True))  # fmt: skip
+    raw = {
+        "model_type": "chatglm", "architectures": ["ChatGLMModel"], "position_encoding_2d": True,
+        "vocab_size": len(tokenizer) + 16, "hidden_size": 64, "num_layers": 2, "num_attention_heads": 4,
+        "inner_hidden_size": 128, "layernorm_epsilon": 1e-5, "max_sequence_length": 256, "torch_dtype": "float32",
+        "mask_token_id": ids["mask"], "gmask_token_id": ids["gmask"], "bos_token_id": ids["bos"],
+        "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
+        "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+    }  # fmt: skip
+    fields = chatglm6b.convert_config(raw, folder)
+    torch.manual_seed(0)
+    native = ChatGLM6BForCausalLM(ChatGLM6BConfig(**{k: v for k, v in fields.items() if k != "model_type"}))
+    write_state_dict(chatglm6b.original_weights(native.state_dict(), fields), folder)
+    (folder / "config.json").write_text(json.dumps(raw))
+    return folder
+
+
+def test_chatglm6b_trains_chats_merges_and_ptunes(original_v1, tmp_path, monkeypatch, capsys) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS), encoding="utf-8")
+    common = ["--data", str(data), "--model", str(original_v1), "max_steps=2", "save_steps=2", "dev_split=0"]
+    status, _, stderr = run_cli(monkeypatch, capsys, "train", *common, "--output", str(tmp_path / "lora"),
+                                "method.r=4", f"cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    assert status == 0, stderr[-3000:]
+    step = tmp_path / "lora" / "step-2"
+    assert "template: chatglm\n" in (step / "config.yaml").read_text()
+    status, stdout, stderr = run_cli(monkeypatch, capsys, "chat", "--adapter", str(step), "--prompt", "你好",
+                                     "--max-new-tokens", "4")  # fmt: skip
+    assert status == 0, stderr
+    merged = tmp_path / "merged"
+    status, _, stderr = run_cli(monkeypatch, capsys, "merge", str(step), "-o", str(merged))
+    assert status == 0 and "parity holds" in stderr, stderr[-3000:]
+    status, _, stderr = run_cli(monkeypatch, capsys, "train", *common, "--output", str(tmp_path / "pt"),
+                                "method=ptuning_v2", "method.pre_seq_len=4", "gradient_checkpointing=false",
+                                f"cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    assert status == 0, stderr[-3000:]
+    assert (tmp_path / "pt" / "step-2" / "adapter_model.safetensors").is_file()
