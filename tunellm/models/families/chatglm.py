@@ -1,7 +1,8 @@
-"""model_type `chatglm` run by the checkpoint's own code: ChatGLM-6B (2D positions, no native form yet), and
-ChatGLM2-6B, ChatGLM3-6B or the first GLM-4 release when the user sets trust_remote_code. Without it those
-three load as native `glm` (tunellm.models.convert.chatglm2) and get the glm family, which keeps this
-family's template choice and stop tokens."""
+"""ChatGLM-6B on tunellm's native code (`tunellm_chatglm6b`, tunellm.models.chatglm6b), and model_type `chatglm`
+run by the checkpoint's own code when the user sets trust_remote_code (or for the quantized releases, which
+need it). Without it ChatGLM2-6B, ChatGLM3-6B and the first GLM-4 release load as native `glm`
+(tunellm.models.convert.chatglm2) and get the glm family, which keeps this family's template choice and stop
+tokens."""
 
 from __future__ import annotations
 
