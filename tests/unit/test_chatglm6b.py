@@ -127,7 +127,7 @@ def test_greedy_decoding_with_the_cache_matches_the_reference(reference) -> None
 
 def test_loads_through_tunellm_and_trains_with_lora(reference) -> None:
     from tunellm.config.schema import LoraMethod
-    from tunellm.methods import lora
+    from tunellm.methods import enable_activation_checkpointing, lora
 
     _, folder = reference
     model, tokenizer, family = load_model(ModelConfig(name_or_path=str(folder)), device="cpu")
@@ -149,6 +149,13 @@ def test_loads_through_tunellm_and_trains_with_lora(reference) -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+    enable_activation_checkpointing(wrapped)  # recomputed layers give the same loss and gradients
+    loss = wrapped(input_ids=batch, labels=labels).loss
+    loss.backward()
+    assert loss.item() == pytest.approx(wrapped.eval()(input_ids=batch, labels=labels).loss.item(), abs=1e-5)
+    grads = [p.grad for n, p in wrapped.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_ptuning_v2_prefix_is_seen_and_generation_with_the_cache_agrees(reference) -> None:

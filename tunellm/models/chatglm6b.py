@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 MODEL_TYPE = "tunellm_chatglm6b"
@@ -108,7 +109,7 @@ class MLP(nn.Module):
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
 
 
-class Block(nn.Module):
+class Block(GradientCheckpointingLayer):
     def __init__(self, config: ChatGLM6BConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
@@ -117,9 +118,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.alpha = (2 * RELEASED_LAYERS) ** 0.5  # the released code never passes its layer count: always 28
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, past_key_values: Any = None
+    ) -> torch.Tensor:
         attention_input = self.input_layernorm(x)
-        x = attention_input * self.alpha + self.attention(attention_input, positions, allowed, cache)
+        x = attention_input * self.alpha + self.attention(attention_input, positions, allowed, past_key_values)
         mlp_input = self.post_attention_layernorm(x)
         return mlp_input * self.alpha + self.mlp(mlp_input)
 
@@ -166,7 +169,7 @@ def positions_and_mask(input_ids: torch.Tensor, padding: torch.Tensor | None, co
 class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = ChatGLM6BConfig
     base_model_prefix = "transformer"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["Block"]
 
@@ -245,7 +248,7 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
         positions, allowed = self.attention_for(input_ids, attention_mask, position_ids, past)
         hidden = self.transformer.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         for layer in self.transformer.layers:
-            hidden = layer(hidden, positions, allowed, past_key_values)
+            hidden = layer(hidden, positions, allowed, past_key_values=past_key_values)
         logits = self.lm_head(self.transformer.final_layernorm(hidden))
         loss = None
         if labels is not None:
