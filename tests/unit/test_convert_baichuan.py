@@ -126,3 +126,23 @@ def test_alibi_models_are_refused_unless_trusted(sentencepiece_folders, tmp_path
         load_model(ModelConfig(name_or_path=str(folder)), device="cpu")
     assert caught.value.field == "model.trust_remote_code" and "trust_remote_code=true" in str(caught.value)
     assert native.native_location(str(folder), trust_remote_code=True) == str(folder)
+
+
+@pytest.mark.parametrize("version", ["Baichuan-7B", "Baichuan2-7B"])
+def test_weights_go_back_to_the_original_layout(version: str, sentencepiece_folders, tmp_path: Path) -> None:
+    from tunellm.models.convert.weights import read_state_dict
+
+    state = original_state(seed=2)
+    baichuan2 = version == "Baichuan2-7B"
+    folder = save_original(tmp_path / version, state, sentencepiece_folders["baichuan"], with_code=baichuan2)
+    back = tmp_path / "back"
+    native.write_original(Path(native.native_location(str(folder), False)), back)
+    written = read_state_dict(back)
+    assert written.keys() == state.keys()
+    for name, tensor in state.items():
+        if name == "lm_head.weight" and baichuan2:  # stored normalised: NormHead computes the same from it
+            torch.testing.assert_close(written[name], torch.nn.functional.normalize(tensor, dim=-1))
+        else:
+            assert torch.equal(written[name], tensor), name
+    assert (back / "modeling_baichuan.py").is_file() == baichuan2
+    assert json.loads((back / "config.json").read_text())["model_type"] == "baichuan"

@@ -98,10 +98,14 @@ def convert_weights(state: dict[str, torch.Tensor], config: dict[str, Any], fold
 
 
 def original_weights(native: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The inverse: q/k/v back into W_pack (a normalised head stays normalised under NormHead)."""
+    """The inverse: q/k/v back into W_pack, and the rotary buffers the released files hold (a normalised head
+    stays normalised under NormHead)."""
     state = dict(native)
+    dim = config["hidden_size"] // config["num_attention_heads"]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
     for layer in range(config["num_hidden_layers"]):
         prefix = f"model.layers.{layer}.self_attn."
         parts = [state.pop(f"{prefix}{name}.weight") for name in ("q_proj", "k_proj", "v_proj")]
         state[prefix + "W_pack.weight"] = torch.cat(parts, dim=0)
+        state[prefix + "rotary_emb.inv_freq"] = inv_freq.clone()
     return state
