@@ -31,9 +31,9 @@ def accepts(raw: dict[str, Any]) -> bool:
 
 
 def uses_alibi(raw: dict[str, Any], folder: Path) -> bool:
-    code = shipped_code(folder)
-    if code:
-        return "alibi" in code.lower()
+    code = shipped_code(folder).lower()
+    if code:  # the 13B files build ALiBi masks and no rotary embedding; the 7B files the reverse
+        return "alibi" in code and "rotary" not in code
     return "max_position_embeddings" not in raw  # the 13B configs have only model_max_length
 
 
