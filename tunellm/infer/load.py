@@ -189,3 +189,45 @@ def load_for_inference(
         loaded = _attach(loaded, checkpoint, config, trained_on)
     loaded.eval()
     return InferenceModel(loaded, tokenizer, pick_template(config, tokenizer, family, loaded), config, checkpoint)
+
+
+def shares_base(checkpoint: Path, config: RunConfig, base: InferenceModel) -> bool:
+    """Whether the checkpoint is a LoRA adapter (DoRA too) trained on `base`'s model, so that it can be
+    loaded by name beside other adapters on one copy of the base weights."""
+    plain_lora = config.method.name == "lora" and (checkpoint / ADAPTER_CONFIG).is_file()
+    return plain_lora and config.model.name_or_path == base.config.model.name_or_path
+
+
+def add_named_adapter(base: InferenceModel, adapter: str | Path, name: str) -> InferenceModel | None:
+    """Attach a LoRA checkpoint by `name` to `base`'s model; None when it cannot share it (see `shares_base`).
+
+    `base.model` becomes (or already is) a peft model holding every adapter added; generation picks one
+    with `set_adapter(name)`, or none inside `disable_adapter()`. The result keeps the checkpoint's own
+    tokenizer, template and config, so its prompts are rendered as in training.
+    """
+    from peft import PeftModel
+
+    from tunellm.methods.base import quiet_peft
+    from tunellm.models.families import family_for
+
+    checkpoint = resolve_checkpoint(adapter)
+    config = checkpoint_config(checkpoint)
+    if not shares_base(checkpoint, config, base):
+        return None
+    tokenizer = _checkpoint_tokenizer(checkpoint, config, base.tokenizer)
+    family = family_for(getattr(base.model.config, "model_type", None))
+    family.fix_tokens(tokenizer, None)
+    try:
+        with quiet_peft():
+            if isinstance(base.model, PeftModel):
+                base.model.load_adapter(str(checkpoint), adapter_name=name)
+            else:
+                base.model = PeftModel.from_pretrained(base.model, str(checkpoint), adapter_name=name)
+    except RuntimeError as error:  # weights of another shape: another rank or base
+        raise ModelError(
+            f"the adapter does not fit the base model: {str(error).strip().splitlines()[-1].strip()}",
+            file=str(checkpoint),
+        ) from None
+    base.model.eval()
+    template = pick_template(config, tokenizer, family, base.model)
+    return InferenceModel(base.model, tokenizer, template, config, checkpoint)
