@@ -231,3 +231,38 @@ def add_named_adapter(base: InferenceModel, adapter: str | Path, name: str) -> I
     base.model.eval()
     template = pick_template(config, tokenizer, family, base.model)
     return InferenceModel(base.model, tokenizer, template, config, checkpoint)
+
+
+def load_for_prompting(adapter: str | Path | None = None, *, model: str | None = None) -> InferenceModel:
+    """What rendering prompts and stopping replies need (tokenizer, template, config, the model's config and
+    generation config) without loading any weights: for an engine that loads the weights itself (vLLM).
+
+    The InferenceModel's `model` is a stand-in holding only `config` and `generation_config`.
+    """
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    from tunellm.models.families import family_for
+    from tunellm.models.tokenizer import load_tokenizer, model_location
+
+    checkpoint = resolve_checkpoint(adapter) if adapter is not None else None
+    config = checkpoint_config(checkpoint)
+    if model is not None:
+        config.model.name_or_path = model
+    location, gguf_file = model_location(config.model)
+    options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if config.model.trust_remote_code:
+        options["trust_remote_code"] = True
+    model_config = AutoConfig.from_pretrained(location, **options)
+    try:
+        generation = GenerationConfig.from_pretrained(location, **options)
+    except OSError:  # no generation_config.json
+        generation = GenerationConfig.from_model_config(model_config)
+    family = family_for(model_config.model_type)
+    tokenizer = load_tokenizer(config.model)
+    if checkpoint is not None:
+        tokenizer = _checkpoint_tokenizer(checkpoint, config, tokenizer)
+    family.fix_tokens(tokenizer, None)
+    stand_in = SimpleNamespace(config=model_config, generation_config=generation)
+    return InferenceModel(stand_in, tokenizer, pick_template(config, tokenizer, family, stand_in), config, checkpoint)

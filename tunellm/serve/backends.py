@@ -104,11 +104,12 @@ def is_run(path: str) -> bool:
     return not whole_model and (is_checkpoint(folder) or any(folder.glob("step-*")))
 
 
-def load_models(
-    run_or_model: str | None, adapters: Sequence[tuple[str, str]], device: str | None = None
-) -> dict[str, ServedModel]:
-    """The base model (`run_or_model` when it is a model, else the base the adapters were trained on) and
-    every adapter by name; `run_or_model`, when it is a run, is served under its folder's name."""
+def plan_models(
+    run_or_model: str | None, adapters: Sequence[tuple[str, str]]
+) -> tuple[str | None, str, list[tuple[str, str]]]:
+    """(base model location, its served name, adapters by name): the base is `run_or_model` when it is a
+    model, else the base the first adapter was trained on; a run given as `run_or_model` comes first,
+    under its folder's name."""
     named = list(adapters)
     base_location = run_or_model
     if run_or_model is not None and is_run(run_or_model):
@@ -119,10 +120,18 @@ def load_models(
         raise ConfigError("two adapters have the same name", field="--adapter", hint="use --adapter NAME=PATH")
     if base_location is None and named:
         base_location = checkpoint_config(resolve_checkpoint(named[0][1])).model.name_or_path
-    base = load_for_inference(None, model=base_location, device=device)
     base_name = model_name(base_location)
     if base_name in names:
         raise ConfigError(f"an adapter is named like the base model ({base_name})", field="--adapter")
+    return base_location, base_name, named
+
+
+def load_models(
+    run_or_model: str | None, adapters: Sequence[tuple[str, str]], device: str | None = None
+) -> dict[str, ServedModel]:
+    """The base model and every adapter by name (see `plan_models`), loaded for transformers."""
+    base_location, base_name, named = plan_models(run_or_model, adapters)
+    base = load_for_inference(None, model=base_location, device=device)
     served: dict[str, ServedModel] = {}
     for name, path in named:
         shared = add_named_adapter(base, path, name)

@@ -90,16 +90,18 @@ class Scheduler:
 
     def _next_batch(self) -> tuple[str, list[Row]] | None:
         with self.lock:
-            self.lock.wait_for(lambda: self.pending or self.stopping)
-            if self.stopping:
-                return None
-            self.lock.wait_for(lambda: len(self.pending) >= self.batch_size or self.stopping, timeout=self.wait_s)
-            model = self.pending[0].model
-            jobs = [job for job in self.pending if job.model == model][: self.batch_size]
-            for job in jobs:
-                self.pending.remove(job)
-            self.batches += 1
-            return model, [job.row for job in jobs]
+            while not self.stopping:
+                self.lock.wait_for(lambda: self.pending or self.stopping)
+                self.lock.wait_for(lambda: len(self.pending) >= self.batch_size or self.stopping, timeout=self.wait_s)
+                if not self.pending or self.stopping:  # the requests were cancelled while it waited
+                    continue
+                model = self.pending[0].model
+                jobs = [job for job in self.pending if job.model == model][: self.batch_size]
+                for job in jobs:
+                    self.pending.remove(job)
+                self.batches += 1
+                return model, [job.row for job in jobs]
+            return None
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
