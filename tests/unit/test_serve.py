@@ -154,6 +154,9 @@ def test_bad_requests_get_a_4xx_in_openai_error_shape(url, client):
         json.dumps({"model": "run", "messages": [{"role": "user", "content": 5}]}): 400,
         json.dumps({"model": "run", "messages": [{"role": "user", "content": "x " * 600}]}): 400,  # context 512
         json.dumps({"model": "nope", "messages": ASK}): 404,
+        json.dumps({"model": "run", "messages": ASK, "seed": 2**70}): 400,
+        json.dumps({"model": "run", "messages": ASK, "stop": ["a", "b", "c", "d", "e"]}): 400,
+        json.dumps({"model": "run", "messages": ASK, "temperature": 1e-30, "max_tokens": 2}): 200,
         ok: 200,
     }
     for body, status in cases.items():

@@ -31,6 +31,7 @@ from tunellm.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = {"/health"}
+MIN_TEMPERATURE = 1e-4  # below it, sampling is greedy in all but name and its scaled logits could overflow
 
 
 class Job:
@@ -103,7 +104,7 @@ def create_app(backend: Any, settings: ServeSettings) -> FastAPI:
         wanted = body.wanted_tokens() or settings.max_tokens_cap
         options = SamplingOptions(
             max_new_tokens=min(wanted, settings.max_tokens_cap, room),
-            temperature=body.temperature,
+            temperature=body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0,
             top_p=body.top_p,
             seed=body.seed,
         )

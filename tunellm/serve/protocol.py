@@ -52,7 +52,7 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
