@@ -131,3 +131,19 @@ def test_a_bounded_load_leaves_the_server_healthy_and_its_memory_flat(served, ca
             f"RSS {before:.0f} -> {middle:.0f} -> {after:.0f} MB"
         )
     assert after - middle < 48 and after - before < 128
+
+
+def test_safe_defaults_and_bad_settings_stop_before_loading(monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunellm.cli.main import app
+    from tunellm.serve.settings import ServeSettings
+
+    assert ServeSettings().host == "127.0.0.1" and ServeSettings().api_key is None
+    monkeypatch.setenv("TUNELLM_API_KEY", "from-env")
+    assert ServeSettings().with_env_key().api_key == "from-env"
+    assert ServeSettings(api_key="flag").with_env_key().api_key == "flag"
+    result = CliRunner().invoke(app, ["serve", "--batch-size", "0"])
+    assert result.exit_code != 0 and "--batch-size" in str(result.exception or result.output)
+    result = CliRunner().invoke(app, ["serve", "--adapter", "=x"])
+    assert result.exit_code != 0 and "NAME=PATH" in str(result.exception or result.output)
