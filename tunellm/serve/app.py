@@ -77,38 +77,41 @@ def sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def served_model(backend: Any, name: str) -> ServedModel:
+    if name not in backend.models:
+        known = ", ".join(backend.models)
+        message = f"model {name!r} is not served here (models: {known})"
+        raise ApiError(404, message, param="model", code="model_not_found")
+    return backend.models[name]
+
+
+def start(backend: Any, settings: ServeSettings, served: ServedModel, prompt: list[int], body: Any) -> Job:
+    """Check the prompt's length, cap max_tokens, and queue the request."""
+    if not prompt:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    room = served.context - len(prompt)
+    if room < 1:
+        raise ApiError(
+            400,
+            f"the prompt has {len(prompt)} tokens; model {served.name} takes {served.context} in all",
+            param="messages" if isinstance(body, ChatRequest) else "prompt",
+            code="context_length_exceeded",
+        )
+    wanted = body.wanted_tokens() or settings.max_tokens_cap
+    options = SamplingOptions(
+        max_new_tokens=min(wanted, settings.max_tokens_cap, room),
+        temperature=body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0,
+        top_p=body.top_p,
+        seed=body.seed,
+    )
+    return Job(backend, served, prompt, options, body.stop_strings())
+
+
 def create_app(backend: Any, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="tunellm", summary="OpenAI-compatible API for tunellm models")
     app.state.backend = backend
     add_error_handlers(app)
     add_auth(app, settings.api_key)
-
-    def served_model(name: str) -> ServedModel:
-        if name not in backend.models:
-            known = ", ".join(backend.models)
-            message = f"model {name!r} is not served here (models: {known})"
-            raise ApiError(404, message, param="model", code="model_not_found")
-        return backend.models[name]
-
-    def start(served: ServedModel, prompt: list[int], body: Any) -> Job:
-        if not prompt:
-            raise ApiError(400, "the prompt is empty", param="prompt")
-        room = served.context - len(prompt)
-        if room < 1:
-            raise ApiError(
-                400,
-                f"the prompt has {len(prompt)} tokens; model {served.name} takes {served.context} in all",
-                param="messages" if isinstance(body, ChatRequest) else "prompt",
-                code="context_length_exceeded",
-            )
-        wanted = body.wanted_tokens() or settings.max_tokens_cap
-        options = SamplingOptions(
-            max_new_tokens=min(wanted, settings.max_tokens_cap, room),
-            temperature=body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0,
-            top_p=body.top_p,
-            seed=body.seed,
-        )
-        return Job(backend, served, prompt, options, body.stop_strings())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -121,9 +124,9 @@ def create_app(backend: Any, settings: ServeSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest) -> Any:
-        served = served_model(body.model)
+        served = served_model(backend, body.model)
         conversation = body.conversation(served.system)
-        job = start(served, served.encode_chat(conversation), body)
+        job = start(backend, settings, served, served.encode_chat(conversation), body)
         tools = bool(conversation.tools)
         if body.stream:
             return StreamingResponse(stream_chat(job, body, tools), media_type="text/event-stream")
@@ -136,8 +139,8 @@ def create_app(backend: Any, settings: ServeSettings) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
-        served = served_model(body.model)
-        job = start(served, served.encode_text(body.prompt_text()), body)
+        served = served_model(backend, body.model)
+        job = start(backend, settings, served, served.encode_text(body.prompt_text()), body)
         if body.stream:
             return StreamingResponse(stream_completion(job, body), media_type="text/event-stream")
         try:
