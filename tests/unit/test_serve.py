@@ -69,6 +69,9 @@ def base_of(checkpoint):
 def test_models_lists_the_base_and_each_adapter_by_name(client, tiny_lora_checkpoint):
     names = [card.id for card in client.models.list()]
     assert names == [Path(base_of(tiny_lora_checkpoint)).name, "run", "again"]
+    assert client.models.retrieve("again").id == "again"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
 
 
 def test_chat_answers_as_generate_does_for_the_adapter_and_the_base(client, models, tiny_lora_checkpoint):
@@ -189,6 +192,40 @@ def test_a_client_closing_a_stream_frees_its_slot_and_stops_its_generation(url, 
     finally:
         hook.remove()
     assert len(steps) < 24
+
+
+def test_a_checkpoint_that_cannot_share_the_base_is_served_on_its_own(tiny_llama_dir, write_checkpoint, tmp_path):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tunellm.config.schema import FreezeMethod
+    from tunellm.infer.batch import Row
+    from tunellm.methods import freeze
+
+    model = freeze.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), FreezeMethod(trainable_layers=1), None)
+    with torch.no_grad():
+        for param in (p for p in model.parameters() if p.requires_grad):
+            param.add_(torch.randn_like(param) * 0.5)
+    checkpoint = write_checkpoint(
+        model, tmp_path / "frozen" / "step-1", FreezeMethod(trainable_layers=1), tiny_llama_dir
+    )
+    models = load_models(str(tiny_llama_dir), [("frozen", str(checkpoint))])
+    base, frozen = models.values()
+    assert frozen.loaded.model is not base.loaded.model  # its own copy of the weights
+    backend = TransformersBackend(models, ServeSettings())
+    try:
+        replies = []
+        for served in (base, frozen):
+            conversation = Conversation([Turn("user", "Hi")], Source("<t>"))
+            row = Row(served.encode_chat(conversation), SamplingOptions(max_new_tokens=6), served.stops)
+            backend.run_batch(served.name, [row])
+            loaded = served.loaded
+            expected = generate(loaded.model, loaded.tokenizer, loaded.template, [conversation], row.options)[0]
+            assert row.result(loaded.tokenizer) == expected
+            replies.append(expected.text)
+        assert replies[0] != replies[1]
+    finally:
+        backend.close()
 
 
 class Scripted:

@@ -122,6 +122,10 @@ def create_app(backend: Any, settings: ServeSettings) -> FastAPI:
         cards = [protocol.model_card(name, served.created) for name, served in backend.models.items()]
         return {"object": "list", "data": cards}
 
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        return protocol.model_card(name, served_model(backend, name).created)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest) -> Any:
         served = served_model(backend, body.model)
