@@ -228,6 +228,28 @@ def test_a_checkpoint_that_cannot_share_the_base_is_served_on_its_own(tiny_llama
         backend.close()
 
 
+def test_a_client_giving_up_on_a_plain_request_frees_its_slot(url, models):
+    model = models["run"].loaded.model
+    steps = []
+
+    def slow_step(*args) -> None:
+        steps.append(1)
+        time.sleep(0.1)
+
+    hook = model.base_model.model.model.layers[0].register_forward_hook(slow_step)
+    try:
+        body = {"model": "run", "messages": ASK, "max_tokens": 24}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/health").json()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(url + "/health").json()["in_flight"] == 0
+    finally:
+        hook.remove()
+    assert len(steps) < 24  # stopped before its 24 tokens
+
+
 class Scripted:
     """A backend whose every reply is `reply` (tokenized), held until `gate` is set."""
 

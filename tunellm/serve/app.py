@@ -64,6 +64,19 @@ class Job:
             pass
         return self.usage()
 
+    async def finish_unless_gone(self, request: Request) -> protocol.Usage:
+        """`finish`, but a client that closes its connection meanwhile cancels the request (checked twice a
+        second), so a non-streamed request frees its place too."""
+        waiting = asyncio.ensure_future(self.finish())
+        try:
+            while not (await asyncio.wait({waiting}, timeout=0.5))[0]:
+                if await request.is_disconnected():
+                    raise ApiError(499, "the client closed the connection", code="client_closed")
+            return waiting.result()
+        finally:
+            waiting.cancel()
+            self.cancel()
+
     def usage(self) -> protocol.Usage:
         result = self.row.result(self.served.loaded.tokenizer)
         return protocol.usage(result.prompt_tokens, result.completion_tokens)
@@ -127,30 +140,24 @@ def create_app(backend: Any, settings: ServeSettings) -> FastAPI:
         return protocol.model_card(name, served_model(backend, name).created)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest) -> Any:
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
         served = served_model(backend, body.model)
         conversation = body.conversation(served.system)
         job = start(backend, settings, served, served.encode_chat(conversation), body)
         tools = bool(conversation.tools)
         if body.stream:
             return StreamingResponse(stream_chat(job, body, tools), media_type="text/event-stream")
-        try:
-            used = await job.finish()
-        finally:
-            job.cancel()
+        used = await job.finish_unless_gone(request)
         result = job.row.result(served.loaded.tokenizer)
         return protocol.chat_response(body.model, result.text, result.finish_reason, used, tools)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         served = served_model(backend, body.model)
         job = start(backend, settings, served, served.encode_text(body.prompt_text()), body)
         if body.stream:
             return StreamingResponse(stream_completion(job, body), media_type="text/event-stream")
-        try:
-            used = await job.finish()
-        finally:
-            job.cancel()
+        used = await job.finish_unless_gone(request)
         result = job.row.result(served.loaded.tokenizer)
         return protocol.completion_body(protocol.new_id("cmpl"), body.model, result.text, result.finish_reason, used)
 
