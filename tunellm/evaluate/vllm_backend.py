@@ -17,7 +17,7 @@ from typing import Any
 from tunellm.data.record import Conversation
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
-from tunellm.infer.generate import Generation, SamplingOptions, encode_prompts, find_stops
+from tunellm.infer.generate import Generation, SamplingOptions, Stops, encode_prompts, find_stops
 from tunellm.infer.load import ADAPTER_CONFIG, TRAINED_WEIGHTS, InferenceModel
 from tunellm.models.tokenizer import model_location
 
@@ -65,24 +65,46 @@ def vllm_cannot_serve(loaded: InferenceModel) -> str | None:
     return None
 
 
+def make_engine(loaded: InferenceModel, *, lora_rank: int | None, gpu_share: float = GPU_SHARE, loras: int = 1) -> Any:
+    """A vLLM engine on `loaded`'s base model (LoRA enabled when `lora_rank` is given) with its tokenizer."""
+    from vllm import LLM
+
+    location, gguf_file = model_location(loaded.config.model)
+    options: dict[str, Any] = {"max_loras": loras} if lora_rank is not None and loras > 1 else {}
+    return LLM(
+        model=str(Path(location) / gguf_file) if gguf_file else location,
+        tokenizer=str(loaded.checkpoint or location),
+        enable_lora=lora_rank is not None,
+        max_lora_rank=max(8, lora_rank or 0),
+        gpu_memory_utilization=gpu_share,
+        trust_remote_code=loaded.config.model.trust_remote_code,
+        **options,
+    )
+
+
+def sampling_params(options: SamplingOptions, stops: Stops) -> Any:
+    """vLLM's SamplingParams for tunellm's options, with the EOS ids and stop strings `generate` uses."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k or -1,
+        repetition_penalty=options.repetition_penalty,
+        max_tokens=options.max_new_tokens,
+        seed=options.seed,
+        stop=list(stops.texts),
+        stop_token_ids=sorted(stops.eos_ids),
+    )
+
+
 class VllmGenerator:
     """One vLLM engine per base model; each call may name a LoRA checkpoint or none (the base model)."""
 
     def __init__(self, loaded: InferenceModel) -> None:
-        from vllm import LLM
-
-        location, gguf_file = model_location(loaded.config.model)
         self.loaded = loaded
-        self.lora_rank = getattr(loaded.config.method, "r", 8)
         adapter = loaded.checkpoint is not None and (loaded.checkpoint / ADAPTER_CONFIG).is_file()
-        self.engine = LLM(
-            model=str(Path(location) / gguf_file) if gguf_file else location,
-            tokenizer=str(loaded.checkpoint or location),
-            enable_lora=adapter,
-            max_lora_rank=max(8, self.lora_rank),
-            gpu_memory_utilization=GPU_SHARE,
-            trust_remote_code=loaded.config.model.trust_remote_code,
-        )
+        self.engine = make_engine(loaded, lora_rank=getattr(loaded.config.method, "r", 8) if adapter else None)
 
     def __call__(
         self,
@@ -92,22 +114,12 @@ class VllmGenerator:
         *,
         use_adapter: bool = True,
     ) -> list[Generation]:
-        from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
         loaded = self.loaded
         prompts = encode_prompts(conversations, loaded.tokenizer, loaded.template, tokenize_options)
         stops = find_stops(loaded.model, loaded.tokenizer, loaded.template)
-        params = SamplingParams(
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=options.top_k or -1,
-            repetition_penalty=options.repetition_penalty,
-            max_tokens=options.max_new_tokens,
-            seed=options.seed,
-            stop=list(stops.texts),
-            stop_token_ids=sorted(stops.eos_ids),
-        )
+        params = sampling_params(options, stops)
         checkpoint = loaded.checkpoint
         lora = None
         if use_adapter and checkpoint is not None and (checkpoint / ADAPTER_CONFIG).is_file():

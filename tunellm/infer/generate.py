@@ -309,26 +309,53 @@ def stream(
         thread.join()
 
 
+class TextPieces:
+    """The text of a growing reply, handed out in pieces that are safe to show.
+
+    Text that might be the start of a stop string (or half a UTF-8 character) is held back until it is
+    known not to be one; `finished` is set once an EOS id or a stop string ends the reply.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Stops) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.ids: list[int] = []
+        self.sent = 0
+        self.finished = False
+
+    def feed(self, new_ids: Sequence[int]) -> str:
+        """The new text that can be shown after `new_ids` (maybe empty)."""
+        self.ids += new_ids
+        end = next((i for i, token in enumerate(self.ids) if token in self.stops.eos_ids), None)
+        text, stopped = cut_at_stop(decode(self.tokenizer, self.ids[:end]), self.stops.texts)
+        if end is not None or stopped:
+            self.finished = True
+            return self._take(text, len(text))
+        return self._take(text, len(text) - held_back(text, self.stops.texts))
+
+    def flush(self) -> str:
+        """The rest of the text, once no more ids will come."""
+        text, _ = cut_at_stop(decode(self.tokenizer, self.ids), self.stops.texts)
+        return self._take(text, len(text))
+
+    def _take(self, text: str, safe: int) -> str:
+        if safe <= self.sent:
+            return ""
+        piece, self.sent = text[self.sent : safe], safe
+        return piece
+
+
 def _pieces(tokenizer: Any, queue: Queue[list[int] | BaseException | None], stops: Stops) -> Iterator[str]:
-    ids: list[int] = []
-    sent = 0
+    pieces = TextPieces(tokenizer, stops)
     while (item := queue.get()) is not None:
         if isinstance(item, BaseException):
             raise item
-        ids += item
-        end = next((i for i, token in enumerate(ids) if token in stops.eos_ids), None)
-        text, stopped = cut_at_stop(decode(tokenizer, ids[:end]), stops.texts)
-        if end is not None or stopped:
-            if len(text) > sent:
-                yield text[sent:]
+        if piece := pieces.feed(item):
+            yield piece
+        if pieces.finished:
             return
-        safe = len(text) - held_back(text, stops.texts)
-        if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    text, _ = cut_at_stop(decode(tokenizer, ids), stops.texts)
-    if len(text) > sent:
-        yield text[sent:]
+    if piece := pieces.flush():
+        yield piece
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:

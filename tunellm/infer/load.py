@@ -189,3 +189,80 @@ def load_for_inference(
         loaded = _attach(loaded, checkpoint, config, trained_on)
     loaded.eval()
     return InferenceModel(loaded, tokenizer, pick_template(config, tokenizer, family, loaded), config, checkpoint)
+
+
+def shares_base(checkpoint: Path, config: RunConfig, base: InferenceModel) -> bool:
+    """Whether the checkpoint is a LoRA adapter (DoRA too) trained on `base`'s model, so that it can be
+    loaded by name beside other adapters on one copy of the base weights."""
+    plain_lora = config.method.name == "lora" and (checkpoint / ADAPTER_CONFIG).is_file()
+    return plain_lora and config.model.name_or_path == base.config.model.name_or_path
+
+
+def add_named_adapter(base: InferenceModel, adapter: str | Path, name: str) -> InferenceModel | None:
+    """Attach a LoRA checkpoint by `name` to `base`'s model; None when it cannot share it (see `shares_base`).
+
+    `base.model` becomes (or already is) a peft model holding every adapter added; generation picks one
+    with `set_adapter(name)`, or none inside `disable_adapter()`. The result keeps the checkpoint's own
+    tokenizer, template and config, so its prompts are rendered as in training.
+    """
+    from peft import PeftModel
+
+    from tunellm.methods.base import quiet_peft
+    from tunellm.models.families import family_for
+
+    checkpoint = resolve_checkpoint(adapter)
+    config = checkpoint_config(checkpoint)
+    if not shares_base(checkpoint, config, base):
+        return None
+    tokenizer = _checkpoint_tokenizer(checkpoint, config, base.tokenizer)
+    family = family_for(getattr(base.model.config, "model_type", None))
+    family.fix_tokens(tokenizer, None)
+    try:
+        with quiet_peft():
+            if isinstance(base.model, PeftModel):
+                base.model.load_adapter(str(checkpoint), adapter_name=name)
+            else:
+                base.model = PeftModel.from_pretrained(base.model, str(checkpoint), adapter_name=name)
+    except RuntimeError as error:  # weights of another shape: another rank or base
+        raise ModelError(
+            f"the adapter does not fit the base model: {str(error).strip().splitlines()[-1].strip()}",
+            file=str(checkpoint),
+        ) from None
+    base.model.eval()
+    template = pick_template(config, tokenizer, family, base.model)
+    return InferenceModel(base.model, tokenizer, template, config, checkpoint)
+
+
+def load_for_prompting(adapter: str | Path | None = None, *, model: str | None = None) -> InferenceModel:
+    """What rendering prompts and stopping replies need (tokenizer, template, config, the model's config and
+    generation config) without loading any weights: for an engine that loads the weights itself (vLLM).
+
+    The InferenceModel's `model` is a stand-in holding only `config` and `generation_config`.
+    """
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    from tunellm.models.families import family_for
+    from tunellm.models.tokenizer import load_tokenizer, model_location
+
+    checkpoint = resolve_checkpoint(adapter) if adapter is not None else None
+    config = checkpoint_config(checkpoint)
+    if model is not None:
+        config.model.name_or_path = model
+    location, gguf_file = model_location(config.model)
+    options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if config.model.trust_remote_code:
+        options["trust_remote_code"] = True
+    model_config = AutoConfig.from_pretrained(location, **options)
+    try:
+        generation = GenerationConfig.from_pretrained(location, **options)
+    except OSError:  # no generation_config.json
+        generation = GenerationConfig.from_model_config(model_config)
+    family = family_for(model_config.model_type)
+    tokenizer = load_tokenizer(config.model)
+    if checkpoint is not None:
+        tokenizer = _checkpoint_tokenizer(checkpoint, config, tokenizer)
+    family.fix_tokens(tokenizer, None)
+    stand_in = SimpleNamespace(config=model_config, generation_config=generation)
+    return InferenceModel(stand_in, tokenizer, pick_template(config, tokenizer, family, stand_in), config, checkpoint)

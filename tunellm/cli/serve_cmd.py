@@ -1,0 +1,65 @@
+"""`tunellm serve`: an OpenAI-compatible API for a base model and any number of trained adapters."""
+
+from __future__ import annotations
+
+import typer
+
+from tunellm.cli.chat_cmd import DEVICE, quiet_loading
+from tunellm.errors import ConfigError
+
+
+def serve(
+    run_or_model: str | None = typer.Argument(
+        None,
+        metavar="[RUN_OR_MODEL]",
+        help="a training run or checkpoint (served by its folder name, on its base model), or a base model; "
+        "default: the embedded default model",
+        show_default=False,
+    ),
+    adapter: list[str] = typer.Option(  # noqa: B008
+        None, "--adapter", help="NAME=PATH: also serve this checkpoint as model NAME (repeat for more)"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; 0.0.0.0 opens it to the network"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help="require Authorization: Bearer KEY on every route but /health [env TUNELLM_API_KEY]"
+    ),
+    backend: str = typer.Option("auto", "--backend", help="auto, transformers or vllm (auto: vLLM when usable)"),
+    batch_size: int = typer.Option(16, "--batch-size", help="most requests generated together"),
+    batch_wait_ms: float = typer.Option(20, "--batch-wait-ms", help="how long a batch waits for more requests"),
+    queue_limit: int = typer.Option(64, "--queue-limit", help="requests queued or running; more get 429"),
+    max_tokens_cap: int = typer.Option(512, "--max-tokens-cap", help="the longest reply, whatever is asked"),
+    device: str | None = DEVICE,
+) -> None:
+    """Serve models over OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions, /health."""
+    from pydantic import ValidationError
+
+    from tunellm.serve.settings import ServeSettings
+
+    try:
+        settings = ServeSettings(
+            host=host,
+            port=port,
+            api_key=api_key,
+            batch_size=batch_size,
+            batch_wait_ms=batch_wait_ms,
+            queue_limit=queue_limit,
+            max_tokens_cap=max_tokens_cap,
+        ).with_env_key()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{field}: {first['msg']}", field=field) from None
+    quiet_loading()
+    from tunellm.serve.app import create_app
+    from tunellm.serve.backends import describe
+    from tunellm.serve.server import build_backend, make_server, parse_adapters
+
+    say = lambda text: typer.echo(text, err=True)  # noqa: E731
+    served = build_backend(run_or_model, parse_adapters(adapter or []), backend, settings, device=device, say=say)
+    for line in describe(served.models):
+        say(line)
+    if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"warning: listening on {settings.host} without --api-key: anyone who reaches it can use it")
+    make_server(create_app(served, settings), settings).run()
+    served.close()
