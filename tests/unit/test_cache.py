@@ -73,6 +73,7 @@ def test_miss_then_hit_without_reading(data, run):
     for field in ("records", "file_ids", "lines", "indices"):  # which record each sample came from, kept too
         assert np.array_equal(getattr(cold.sources, field), getattr(warm.sources, field))
     assert warm.sources.source(3) == cold.sources.source(3) and warm.sources.source(3).file == str(data)
+    assert cold.key and warm.key == cold.key  # the training state records it: resume checks the data
 
 
 def test_one_changed_byte_is_a_miss(data, run):

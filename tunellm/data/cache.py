@@ -74,8 +74,10 @@ def load_or_tokenize(
     path = path / f"{key}.npz"
     cached = load_cached(path, key)
     if cached is not None:
+        cached.key = key
         return cached
     dataset = tokenize_conversations(materialize(conversations), tokenizer, template, options)
+    dataset.key = key
     if describe_read is not None:
         dataset.report.read_summary = describe_read()
     try:

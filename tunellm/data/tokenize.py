@@ -127,6 +127,7 @@ class TokenizedDataset:
         self.offsets = offsets
         self.report = report
         self.sources = sources if sources is not None else SampleSources.unknown(len(offsets) - 1)
+        self.key: str | None = None  # the tokenization cache key, when it came through the cache
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -36,11 +36,12 @@ from tunellm.train.checkpoint import (
 )
 from tunellm.train.log import RunLog, check_report_to
 from tunellm.train.optim import StepPlan, build_scheduler, method_optimizer
-from tunellm.train.state import TrainState, epoch_order, restore_rng
+from tunellm.train.state import TrainState, check_resume_data, data_key, epoch_order, restore_rng
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+FORCE_KEY = "train.resume_data_changed"  # set for one resume, not a change of the run's config
 
 
 @dataclass
@@ -228,7 +229,8 @@ def fit(
     model, optimizer = accelerator.prepare(model, optimizer)
     plan = StepPlan.make(cfg, len(train_data), accelerator.num_processes)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
-    state, rng = TrainState(), None
+    key = data_key(train_data)
+    state, rng = TrainState(data_key=key), None
     parts = {
         "accelerator": accelerator,
         "model": model,
@@ -238,7 +240,8 @@ def fit(
     }
     if resume_from is not None:
         state, rng = load_checkpoint(resume_from, **parts)
-        changed = [k for k in config_changes(resume_from, resolved) if k != "train.resume"]
+        check_resume_data(state, key, cfg.resume_data_changed, resume_from)
+        changed = [k for k in config_changes(resume_from, resolved) if k not in ("train.resume", FORCE_KEY)]
         if changed:
             log.warning("config changed since %s: %s", resume_from, ", ".join(changed))
         log.info("resuming from %s (step %d)", resume_from, state.global_step)
