@@ -18,6 +18,7 @@ import gc
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from tunellm.infer.parity import (
     render_check,
     run_model,
 )
+from tunellm.infer.weight_parity import LayerParity, merge_layers_checked
 from tunellm.methods import METHODS
 from tunellm.models.load import load_model
 
@@ -148,9 +150,10 @@ def merge_checkpoint(adapter: str | Path, options: MergeOptions, say: Callable[[
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.merging-", dir=output.parent))
     try:
         say(f"merging and writing {staging}")
-        stops = write_merged(method, loaded, chat_template, staging)
+        stops, layers = write_merged(method, loaded, chat_template, staging)
         say("loading the written folder and comparing")
         report = check_written(staging, loaded, conversations, reference, tokenize_options, options, tolerance, dtype)
+        report.layers = layers
         write_json_atomic(staging / PARITY_FILE, report.to_json())
         move_into_place(staging, output)
     except BaseException:
@@ -167,9 +170,15 @@ def merge_checkpoint(adapter: str | Path, options: MergeOptions, say: Callable[[
     return result
 
 
-def write_merged(method: Any, loaded: InferenceModel, chat_template: str, folder: Path) -> Stops:
-    """Merge (in place), then save weights, generation config and tokenizer; the model is released after."""
-    merged = method.merge(loaded.model)
+def write_merged(
+    method: Any, loaded: InferenceModel, chat_template: str, folder: Path
+) -> tuple[Stops, LayerParity | None]:
+    """Merge (in place; LoRA layers one by one, each checked), then save weights, generation config and tokenizer;
+    the model is released after."""
+    layers = merge_layers_checked(loaded.model)
+    with warnings.catch_warnings():  # peft notes that the checked layers are merged already
+        warnings.filterwarnings("ignore", message=".*already merged.*")
+        merged = method.merge(loaded.model)
     loaded.model = None  # keep no reference to the merged weights once written, so they can be freed
     stops = find_stops(merged, loaded.tokenizer, loaded.template)
     pad_id = pad_id_of(loaded.tokenizer, stops)
@@ -186,7 +195,7 @@ def write_merged(method: Any, loaded: InferenceModel, chat_template: str, folder
         tokenizer.save_pretrained(str(folder))
     finally:
         tokenizer.chat_template = original
-    return stops
+    return stops, layers
 
 
 def merged_generation_config(base: Any, stops: Stops, pad_id: int) -> Any:
