@@ -1,10 +1,11 @@
 """Conversations to token ids and labels, for training and for generation, through one function.
 
 Each rendered segment is encoded on its own with `add_special_tokens=False` and the pieces are
-concatenated, so a prompt encodes to the same ids whether it is followed by a reply (training) or
-ends the input (generation). All segments of all conversations go to the Rust tokenizer in large
-batches (on a worker thread, overlapping the rendering); truncation and masking then run as array
-operations over the flat token array.
+concatenated (plus a BOS id first where the tokenizer adds one itself, see bos.py), so a prompt
+encodes to the same ids whether it is followed by a reply (training) or ends the input (generation).
+All segments of all conversations go to the Rust tokenizer in large batches (on a worker thread,
+overlapping the rendering); truncation and masking then run as array operations over the flat
+token array.
 
 Truncation, in this order:
 - `max_source_length`: each prompt segment keeps its last N tokens (cut from the left), so the
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tunellm.config.schema import DataConfig
+from tunellm.data.bos import bos_to_add, prepend_bos
 from tunellm.data.record import Conversation, Source
 from tunellm.data.sources import SampleSources
 from tunellm.data.templates.base import Template
@@ -183,7 +185,9 @@ def tokenize_conversations(
 
     with gc_paused():
         flat, seg_len = encode_texts(tokenizer, texts(), options.num_workers)
-    segments = Segments(flat, seg_len, np.array(seg_sample, np.int64), np.array(seg_trainable, bool), len(sources))
+    parts = flat, seg_len, np.array(seg_sample, np.int64), np.array(seg_trainable, bool)
+    bos = bos_to_add(tokenizer)
+    segments = Segments(*(parts if bos is None else prepend_bos(*parts, bos)), len(sources))
     return assemble(segments, sources, options, for_generation)
 
 
