@@ -7,6 +7,7 @@ spread evenly over the dev set and are the same at every step, so steps compare.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from tunellm.evaluate.run import hf_generator, pick_rows, score_conversations
 from tunellm.infer.generate import SamplingOptions
 
 DevScorer = Callable[[Any], dict[str, float]]
+log = logging.getLogger(__name__)
 
 
 def check_best_metric(config: RunConfig) -> None:
@@ -83,7 +85,14 @@ def make_dev_scorer(
             scored, _ = score_conversations(rows, generator, options, tokenize_options, group_by="none")
         finally:
             model.train(was_training)
-        return {k: v for k, v in score_rows(scored).items() if k not in ("rows", "scored")}
+        scores = {k: v for k, v in score_rows(scored).items() if k not in ("rows", "scored")}
+        if scores.get("beats_majority") == 0.0:
+            log.warning(
+                "dev accuracy %.4f does not beat always answering the most frequent label (%.4f)",
+                scores["accuracy"],
+                scores["majority_accuracy"],
+            )
+        return scores
 
     return score
 
