@@ -8,7 +8,8 @@ the written files from disk, the honest check of what was written, against the a
 recorded before merging (merging changes the model in place). Then parity.json is added and the folder
 is renamed into place, whether parity holds or not: a failed merge stays there for inspection, and
 `merge_checkpoint` raises ParityError after the rename. A crash before that leaves only the temporary
-folder, which is removed when it can be.
+folder, which is removed when it can be; a SIGKILL leaves it, named with the process id, and the next merge into
+the same output removes it once that process is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -147,7 +149,9 @@ def merge_checkpoint(adapter: str | Path, options: MergeOptions, say: Callable[[
     dtype = next(loaded.model.parameters()).dtype
     tolerance = default_tolerance(dtype) if options.tolerance is None else options.tolerance
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.merging-", dir=output.parent))
+    for folder in sweep_stale(output):
+        say(f"removed {folder}, left by a merge that was killed")
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.merging-{os.getpid()}-", dir=output.parent))
     try:
         say(f"merging and writing {staging}")
         stops, layers = write_merged(method, loaded, chat_template, staging)
@@ -253,6 +257,30 @@ def check_written(
         dtype=dtype,
         max_new_tokens=options.max_new_tokens,
     )
+
+
+def sweep_stale(output: Path) -> list[Path]:
+    """Remove the staging folders of merges into `output` whose process is gone (killed). A `.replaced-` folder (a
+    kill between the two renames of a --force merge) holds the user's earlier output and is left alone."""
+    removed = []
+    for folder in sorted(output.parent.glob(f".{output.name}.merging-*")):
+        match = re.match(rf"\.{re.escape(output.name)}\.merging-(\d+)-", folder.name)
+        if folder.is_dir() and not (match and process_alive(int(match.group(1)))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def move_into_place(staging: Path, output: Path) -> None:
