@@ -45,3 +45,18 @@ def test_data_key_tells_rows_and_subsets_apart():
     rows = toy_rows(6)
     assert data_key(rows) == data_key(toy_rows(6)) != data_key(toy_rows(6, seed=1))
     assert data_key(Subset(rows, [0, 1])) != data_key(Subset(rows, [0, 2]))
+
+
+def test_data_key_of_a_tokenized_set_is_its_cache_key_or_its_arrays():
+    import numpy as np
+
+    from tunellm.data.tokenize import TokenizedDataset, TokenizeReport
+
+    def tokenized(ids):
+        ids = np.asarray(ids, np.int32)
+        return TokenizedDataset(ids, ids.copy(), np.array([0, 2, len(ids)]), TokenizeReport())
+
+    assert data_key(tokenized([1, 2, 3, 4])) == data_key(tokenized([1, 2, 3, 4])) != data_key(tokenized([1, 2, 3, 5]))
+    cached = tokenized([1, 2, 3, 4])
+    cached.key = "abc"
+    assert data_key(cached) == "abc"

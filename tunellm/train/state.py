@@ -106,6 +106,10 @@ def data_key(dataset: Any) -> str:
         digest.update(data_key(parent).encode())
         digest.update(np.asarray(indices, np.int64).tobytes())
         return digest.hexdigest()
+    if all(hasattr(dataset, name) for name in ("input_ids", "labels", "offsets")):  # an uncached tokenized set
+        for array in (dataset.input_ids, dataset.labels, dataset.offsets):
+            digest.update(np.ascontiguousarray(array).tobytes() + b"|")
+        return digest.hexdigest()
     for i in range(len(dataset)):
         row = dataset[i]
         for name in ("input_ids", "labels"):
