@@ -82,3 +82,19 @@ def test_a_tokenizer_without_its_own_bos_gets_none(default_tokenizer):
     segments = template.render(chat("hello", "world"), False)
     pieces = [default_tokenizer(s.text, add_special_tokens=False)["input_ids"] for s in segments]
     assert list(sample["input_ids"]) == [token for piece in pieces for token in piece]  # nothing put in front
+
+
+@pytest.mark.parametrize("template_name", ["alpaca", "chatml", "llama2"])
+def test_the_exported_chat_template_writes_the_bos_once(sentencepiece_tokenizer, template_name):
+    from tunellm.infer.parity import render_check
+
+    tokenizer = sentencepiece_tokenizer
+    template = get_template(template_name, tokenizer)
+    tokenizer.chat_template = template.chat_template()
+    try:
+        messages = [{"role": "user", "content": "hello world"}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert text.startswith("<s>") and not text.startswith("<s><s>") and text.count("<s>") == 1
+        assert render_check(tokenizer, template, chat("hello world")) == "same"
+    finally:
+        tokenizer.chat_template = None

@@ -210,7 +210,9 @@ def render_check(tokenizer: Any, template: Template, conversation: Conversation)
         return "not covered (tools)"
     messages = conversation.to_json()["messages"]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "same" if text == "".join(s.text for s in template.render(conversation, True)) else "text differs"
+    rendered = "".join(s.text for s in template.render(conversation, True))
+    lead = template.leading_bos() if hasattr(template, "leading_bos") else ""  # the BOS tokenization puts first
+    return "same" if text == lead + rendered else "text differs"
 
 
 def parting(adapter: list[int], merged: list[int]) -> int | None:
