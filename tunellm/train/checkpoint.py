@@ -57,8 +57,10 @@ def remove_partial(output_dir: Path) -> list[Path]:
     return partial
 
 
-def find_resume(output_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to continue from: `auto` (newest in output_dir, if any), `never`, or a folder."""
+def find_resume(output_dir: Path, resume: str, *, quiet: bool = False) -> Path | None:
+    """The checkpoint to continue from: `auto` (the newest usable one in output_dir, if any), `never`, or a folder.
+
+    `quiet` leaves out the warnings about damaged checkpoints passed over (for a check that runs before `fit`)."""
     existing = list_checkpoints(output_dir)
     if resume == "never":
         if existing:
@@ -74,7 +76,8 @@ def find_resume(output_dir: Path, resume: str) -> Path | None:
             problem = checkpoint_problem(folder)
             if problem is None:
                 return folder
-            log.warning("skipping checkpoint %s: %s; resuming from an earlier one", folder, problem)
+            if not quiet:
+                log.warning("skipping checkpoint %s: %s; resuming from an earlier one", folder, problem)
         return None
     path = Path(resume)
     if path.is_dir() and not (path / STATE_DIR).is_dir() and list_checkpoints(path):

@@ -42,7 +42,7 @@ def check_inputs(config: RunConfig) -> None:
     check_writable(Path(config.train.output_dir))
     check_report_to(config.train.report_to)
     check_best_metric(config)
-    find_resume(Path(config.train.output_dir), config.train.resume)
+    find_resume(Path(config.train.output_dir), config.train.resume, quiet=True)  # fit warns about what it skips
     adapter = config.train.init_adapter
     if adapter and not Path(adapter).is_dir():
         raise ModelError("adapter folder not found", file=adapter, field="train.init_adapter")
