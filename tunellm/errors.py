@@ -60,3 +60,7 @@ class DataError(TunellmError):
 
 class ModelError(TunellmError):
     """A model, tokenizer or checkpoint cannot be found or loaded."""
+
+
+class TrainingError(TunellmError):
+    """Training cannot go on (the loss or gradients stayed non-finite); the last good state is saved first."""

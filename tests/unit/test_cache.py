@@ -70,6 +70,10 @@ def test_miss_then_hit_without_reading(data, run):
     assert np.array_equal(cold.input_ids, warm.input_ids) and np.array_equal(cold.labels, warm.labels)
     assert np.array_equal(cold.offsets, warm.offsets) and warm.report.rows == 40
     assert [p.endswith(".npz") for p in cache_files(run.folder)] == [True]
+    for field in ("records", "file_ids", "lines", "indices"):  # which record each sample came from, kept too
+        assert np.array_equal(getattr(cold.sources, field), getattr(warm.sources, field))
+    assert warm.sources.source(3) == cold.sources.source(3) and warm.sources.source(3).file == str(data)
+    assert cold.key and warm.key == cold.key  # the training state records it: resume checks the data
 
 
 def test_one_changed_byte_is_a_miss(data, run):

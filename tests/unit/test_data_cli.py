@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
+from tunellm.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 GOOD = FIXTURES / "alpaca" / "good.jsonl"
@@ -91,3 +92,15 @@ def test_preview_marks_trained_and_masked_tokens():
 def test_bad_override_is_a_config_error(bad):
     result = CliRunner().invoke(app, ["data", "stats", str(GOOD), bad])
     assert result.exit_code != 0
+
+
+def test_convert_refuses_to_write_an_empty_file_when_every_record_was_skipped(tmp_path):
+    """Found by tests/unit/test_fuzz_data.py: it wrote an empty .jsonl that every later command rejects."""
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "q", "history": []}\n{"instruction": "q", "output": ""}\n')
+    out = tmp_path / "x.jsonl"
+    result = CliRunner().invoke(app, ["data", "convert", str(data), "-o", str(out), "--skip-bad", "-f", "alpaca"])
+    assert isinstance(result.exception, DataError) and "no record left to write: all 2 were skipped" in str(
+        result.exception
+    )
+    assert result.exception.file == str(data) and not out.exists()

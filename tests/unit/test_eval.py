@@ -56,7 +56,8 @@ PROMPTCBLUE = [
     }
     for i, (a, b, target) in enumerate([("头疼", "头痛", "是的"), ("感冒", "骨折", "不是"), ("发烧", "发热", "是的")])
 ]
-EXPECTED_KEYS = {"rows", "scored", "loss", "ppl", "exact_match", "accuracy", "answer_parse_rate"}
+BASELINE_KEYS = {"majority_accuracy", "random_accuracy", "beats_majority", "macro_f1"}
+EXPECTED_KEYS = {"rows", "scored", "loss", "ppl", "exact_match", "accuracy", "answer_parse_rate", *BASELINE_KEYS}
 EXPECTED_KEYS |= {"ie_f1", "ie_precision", "ie_recall", "ie_parse_rate", "bleu4", "rouge1", "rouge2", "rougeL"}
 
 
@@ -113,6 +114,7 @@ def test_eval_compare_end_to_end(run, tmp_path):
     assert set(tuned["groups"]["CHIP-STS"]) == {"rows", "scored", "loss", "ppl", "exact_match"} | {
         "accuracy",
         "answer_parse_rate",
+        *BASELINE_KEYS,
     }
     diffs = json.loads((out / "comparison.json").read_text())["differences"]["step-2"]
     for task in ("overall", "extraction"):
@@ -185,7 +187,9 @@ def test_the_dev_scorer_chooses_the_best_checkpoint_by_a_task_metric(run, loaded
     fit(model, loaded.tokenizer, data, data, config, show_progress=False, dev_scorer=scorer)
     log = [json.loads(line) for line in (tmp_path / "train" / "train_log.jsonl").read_text().splitlines()]
     evals = [entry for entry in log if "eval_loss" in entry]
-    assert len(evals) == 2 and all({"accuracy", "ie_f1", "exact_match"} <= set(entry) for entry in evals)
+    assert len(evals) == 2 and all(
+        {"accuracy", "majority_accuracy", "beats_majority", "macro_f1", "ie_f1"} <= set(entry) for entry in evals
+    )
     best = json.loads((tmp_path / "train" / "best.json").read_text())
     assert best["metric"] == "accuracy" and best["greater_is_better"] is True
     assert model.training  # the scorer hands the model back in training mode

@@ -43,6 +43,7 @@ def test_merge_writes_a_plain_folder_that_matches_the_adapter(checkpoint, tmp_pa
     status, stdout, stderr = run_cli(monkeypatch, capsys, "merge", str(checkpoint), "-o", str(out))
     assert status == 0, stderr
     assert "parity holds" in stderr and "parity: merged vs adapter (float32" in stdout
+    assert "weights: 14 merged LoRA layers against base + scale·B·A in float32: match" in stdout
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", PARITY_FILE} <= names
     assert not any(n.endswith((".bin", ".pt")) or n.startswith("adapter") for n in names), names

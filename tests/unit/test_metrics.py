@@ -69,7 +69,32 @@ def test_accuracy_by_hand_with_none_of_the_above_and_labels():
         EvalRow("水果", '["水果"]', {}, "label"),  # right, not in the asked form
         EvalRow('["书籍"]', '["水果"]', {}, "label"),  # wrong, read
     ]
-    assert score("choice_accuracy", rows) == {"accuracy": 5 / 7, "answer_parse_rate": 5 / 7}
+    result = score("choice_accuracy", rows)
+    assert result == {
+        "accuracy": 5 / 7,
+        "majority_accuracy": 3 / 7,  # always 水果
+        "random_accuracy": (1 / 2 + 0 + 1 / 2 + 0) / 4,  # 非上述类型 and 年龄 are not among the listed choices
+        "beats_majority": 1.0,
+        "macro_f1": pytest.approx((2 / 3 + 1 + 1 + 4 / 5 + 0) / 5),  # 疾病 非上述类型 年龄 水果 书籍(never right)
+        "answer_parse_rate": 5 / 7,
+    }
+    assert list(result) == list(METRICS.get("choice_accuracy").keys)
+
+
+def test_a_model_answering_the_prior_does_not_beat_the_majority_baseline():
+    """Per task the most frequent label: CHIP-CTC-like rows answered with the frequent label, and a second task."""
+    ctc = {"answer_choices": ["疾病", "症状(患者感受)", "年龄"], "task_dataset": "CHIP-CTC"}
+    rows = [EvalRow("疾病", ref, ctc, "choice", "CHIP-CTC") for ref in ("疾病", "疾病", "疾病", "年龄")]
+    yes_no = {"answer_choices": ["yes", "no"]}
+    rows += [EvalRow("no", ref, yes_no, "choice", "STS") for ref in ("yes", "no")]
+    result = score("choice_accuracy", rows)
+    assert result["accuracy"] == 4 / 6 and result["majority_accuracy"] == (3 + 1) / 6  # 疾病 x3, then yes or no
+    assert result["beats_majority"] == 0.0
+    assert result["random_accuracy"] == pytest.approx((4 * (1 / 3) + 2 * (1 / 2)) / 6)
+    # 疾病: tp 3, fp 1; 年龄: fn 1; no: tp 1, fp 1; yes: fn 1
+    assert result["macro_f1"] == pytest.approx((6 / 7 + 0 + 2 / 3 + 0) / 4)
+    one_task = score("choice_accuracy", rows[:4])
+    assert one_task["accuracy"] == one_task["majority_accuracy"] == 3 / 4 and one_task["beats_majority"] == 0.0
 
 
 # ---- information extraction ----
@@ -252,3 +277,18 @@ def test_dev_scorer_for_reads_the_dev_set_only_when_a_task_metric_is_wanted(tmp_
     assert len(held) == 3 and held == read_dev_conversations(split)
     with pytest.raises(ConfigError, match="needs dev records"):
         dev_scorer_for(RunConfig(train=TrainConfig(best_metric="accuracy")), None, None)
+
+
+def test_the_report_shows_the_baselines_and_flags_a_model_that_does_not_beat_the_majority():
+    from tunellm.evaluate.report import markdown_report
+    from tunellm.evaluate.run import EvalResult, summarize
+
+    ctc = {"answer_choices": ["疾病", "年龄"], "task_dataset": "CHIP-CTC"}
+    rows = [EvalRow("疾病", ref, ctc, "choice", "CHIP-CTC") for ref in ("疾病", "疾病", "年龄")]
+    rows += [EvalRow(answer, answer, {"answer_choices": ["yes", "no"]}, "choice", "STS") for answer in ("yes", "no")]
+    overall, groups = summarize(rows)
+    report = markdown_report([EvalResult("step-9", "tiny", overall, groups)])
+    assert "| task | rows | exact_match | accuracy | majority_accuracy | random_accuracy | beats_majority |" in report
+    assert "| CHIP-CTC | 3 | 0.6667 | 0.6667 | 0.6667 | 0.5000 | 0.0000 | 0.4000 | 1.0000 |" in report
+    flags = [line for line in report.splitlines() if "does not beat" in line]
+    assert len(flags) == 1 and "step-9, CHIP-CTC: accuracy 0.6667" in flags[0] and "(0.6667, uniform random" in flags[0]

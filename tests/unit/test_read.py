@@ -262,3 +262,19 @@ def test_summary_and_options_from_config():
     config = DataConfig(columns={"prompt": "q"}, placeholders={"name": "x"}, system="s", text_unit="file")
     options = ReadOptions.from_config(config, require_response=False)
     assert options == ReadOptions({"prompt": "q"}, {"name": "x"}, False, "s", "file")
+
+
+def test_json_nested_deeper_than_the_recursion_limit_is_a_data_error(tmp_path):
+    """Found by tests/unit/test_fuzz_data.py: json.loads raised RecursionError, a crash, not a DataError."""
+    nested = "[" * 5000 + '"x"' + "]" * 5000
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(f'{{"instruction": {nested}, "output": "x"}}\n{{"instruction": "q", "output": "a"}}\n')
+    with pytest.raises(DataError, match="nested too deeply") as error:
+        read_conversations([str(lines)], ReadOptions())
+    assert (error.value.file, error.value.line) == (str(lines), 1)
+    result = read_conversations([str(lines)], ReadOptions(), skip_bad=True)
+    assert (len(result.conversations), result.skipped, result.total) == (1, 1, 2)
+    array = tmp_path / "deep.json"
+    array.write_text("[" * 5000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        read_conversations([str(array)], ReadOptions())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tunellm.cli.train_cmd import shortcut_overrides
@@ -69,3 +71,46 @@ def test_a_bad_record_stops_the_run_before_any_weights_load(tmp_path, tiny_llama
     config = load_config(None, [*keys, f"cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(DataError, match=r"train.jsonl, line 2, field 'output'"):
         run.train_from_config(config)
+
+
+def test_dev_split_gives_the_dev_loss_and_the_dev_scorer_the_same_records(tmp_path, default_tokenizer):
+    """Records left with no trained token are excluded from the tokenized set; the split must not shift with them."""
+    from tunellm.data.prepare import choose_template, read_data, tokenized_training_set
+    from tunellm.data.tokenize import TokenizeOptions, encode_conversation
+    from tunellm.evaluate.dev_scorer import read_dev_conversations
+
+    data = tmp_path / "train.jsonl"
+    long = " ".join(["word"] * 80)  # with cutoff_len 64 its reply is cut off: no trained token, excluded
+    rows = [
+        {"instruction": (long if i % 3 == 0 else "short") + f" question {i}", "output": f"answer {i}"}
+        for i in range(30)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = load_config(
+        None,
+        [
+            f"data.train={data}",
+            "data.dev_split=0.3",
+            "data.cutoff_len=64",
+            "template=alpaca",
+            f"cache_dir={tmp_path / 'cache'}",
+            "seed=3",
+        ],
+    )
+    template = choose_template(config.data.train, config.data, default_tokenizer)
+    dataset = tokenized_training_set(config.data.train, config.data, default_tokenizer, template)
+    assert dataset.report.fully_masked == 10
+    train, dev = split_dev(dataset, config.data.dev_split, config.train.seed)
+    scored = read_dev_conversations(config)
+    options = TokenizeOptions.from_config(config.data)
+    line_of = {}
+    for record in read_data(config.data.train, config.data).conversations:
+        ids = tuple(encode_conversation(record, default_tokenizer, template, options)["input_ids"].tolist())
+        line_of[ids] = record.source.line
+    dev_lines = {line_of[tuple(dev[i]["input_ids"].tolist())] for i in range(len(dev))}
+    train_lines = {line_of[tuple(train[i]["input_ids"].tolist())] for i in range(len(train))}
+    scored_lines = {record.source.line for record in scored}
+    assert len(scored) == 9  # 30% of the 30 records, drawn over records
+    assert not scored_lines & train_lines  # no scored row was trained on
+    assert dev_lines <= scored_lines  # the dev loss covers the scored records that have something to score
+    assert len(train_lines) + len(dev_lines) == 20

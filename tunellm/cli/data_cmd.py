@@ -17,6 +17,7 @@ from tunellm.atomic import write_jsonl_atomic
 from tunellm.config import RunConfig, load_config
 from tunellm.data.prepare import read_data
 from tunellm.data.read import ReadResult
+from tunellm.errors import DataError
 
 app = typer.Typer(no_args_is_help=True, help="Convert, check and inspect training data.")
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -84,6 +85,12 @@ def convert(
     """Read any supported format and write one normalized JSONL file (OpenAI-style messages)."""
     run, files = resolve(args, config, format=format, skip_bad=skip_bad)
     result = read_data(files, run.data, require_response=not prediction)
+    if not result.conversations:  # an empty output would only fail later, in every command that reads it
+        raise DataError(
+            f"no record left to write: all {result.total} were skipped as bad",
+            file=", ".join(result.formats),
+            hint=result.summary(),
+        )
     write_jsonl_atomic(output, (conversation.to_json() for conversation in result.conversations))
     console.print(result.summary())
     console.print(f"wrote {len(result.conversations):,} records to {output}")

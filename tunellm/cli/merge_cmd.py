@@ -103,6 +103,14 @@ def print_report(result: Any) -> None:
         if row.parted_at is not None:
             replies = f"prompt {k}: adapter {row.adapter_reply!r}\n          merged  {row.merged_reply!r}"
             console.print(replies, markup=False, highlight=False)
+    layers = report.layers
+    if layers is not None:
+        verdict = "match" if layers.passed else f"[red]{layers.failures} differ: {escape('; '.join(layers.failed))}[/]"
+        console.print(
+            f"weights: {layers.checked} merged LoRA layers against base + scale·B·A in float32: {verdict}"
+            + (f"; {layers.not_covered} DoRA layers not covered" if layers.not_covered else "")
+            + ("" if layers.resolved else f"; note: every delta is below {layers.dtype} rounding, merge in float32"),
+        )
     if result.unlisted_stops:
         stops = ", ".join(repr(s) for s in result.unlisted_stops)
         console.print(

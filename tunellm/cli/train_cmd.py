@@ -48,6 +48,9 @@ def train(
     dev: list[str] = typer.Option(None, "--dev", help="dev file or glob (repeatable): data.dev"),
     output: str = typer.Option(None, "--output", help="run folder: train.output_dir"),
     model: str = typer.Option(None, "--model", help="model name or path: model.name_or_path"),
+    force: bool = typer.Option(
+        False, "--force", help="resume even though the training data changed: train.resume_data_changed=restart_epoch"
+    ),
 ) -> None:
     """Fine-tune a model. Without a config file: LoRA on the embedded default model with default settings.
 
@@ -56,7 +59,8 @@ def train(
     Running the same command again resumes from the newest checkpoint in the output folder.
     """
     path, overrides = split_config_and_overrides(args or [])
-    config = load_config(path, shortcut_overrides(data or [], dev or [], output, model) + overrides)
+    forced = ["train.resume_data_changed=restart_epoch"] if force else []
+    config = load_config(path, shortcut_overrides(data or [], dev or [], output, model) + forced + overrides)
     show_run_messages()
     from tunellm.train.run import train_from_config
 

@@ -146,6 +146,14 @@ class TrainConfig(Section):
         description="auto: continue from the newest complete checkpoint in output_dir; never: start fresh "
         "(refused when output_dir holds checkpoints); or a step-N checkpoint folder",
     )
+    resume_data_changed: Literal["stop", "restart_epoch"] = Field(
+        "stop",
+        description="when the training data differs from the checkpoint's: stop (default), or restart_epoch: "
+        "continue with the new data from the start of the current epoch's order (tunellm train --force)",
+    )
+    max_bad_steps: int = Field(
+        3, gt=0, description="stop after this many consecutive optimizer steps skipped for a NaN/inf loss or gradient"
+    )
     init_adapter: str | None = Field(None, description="adapter folder whose weights training starts from")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"], description="loggers beside train_log.jsonl; [] or none for none"

@@ -29,12 +29,13 @@ import numpy as np
 import tunellm
 from tunellm.atomic import atomic_open
 from tunellm.data.record import Conversation
+from tunellm.data.sources import SampleSources
 from tunellm.data.templates.base import Template
 from tunellm.data.tokenize import TokenizedDataset, TokenizeOptions, TokenizeReport, tokenize_conversations
 from tunellm.errors import DataError
 from tunellm.models.default import cache_root
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 BUFFER = 1 << 20
 STALE_SECONDS = 24 * 3600  # temporary files left by a killed writer are removed after a day
 
@@ -73,8 +74,10 @@ def load_or_tokenize(
     path = path / f"{key}.npz"
     cached = load_cached(path, key)
     if cached is not None:
+        cached.key = key
         return cached
     dataset = tokenize_conversations(materialize(conversations), tokenizer, template, options)
+    dataset.key = key
     if describe_read is not None:
         dataset.report.read_summary = describe_read()
     try:
@@ -162,12 +165,13 @@ def load_cached(path: Path, key: str) -> TokenizedDataset | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes().decode())
+            if meta["cache_version"] != CACHE_VERSION or meta["key"] != key:
+                raise ValueError("written for another key")
             ids, labels, offsets = data["input_ids"], data["labels"], data["offsets"]
-        if meta["cache_version"] != CACHE_VERSION or meta["key"] != key:
-            raise ValueError("written for another key")
-        if arrays_digest(ids, labels, offsets) != meta["digest"]:
+            sources = SampleSources.from_arrays(data, meta["source_files"])
+        if arrays_digest(ids, labels, offsets, *sources.arrays().values()) != meta["digest"]:
             raise ValueError("checksum mismatch")
-        dataset = TokenizedDataset(ids, labels, offsets, TokenizeReport.from_dict(meta["report"]))
+        dataset = TokenizedDataset(ids, labels, offsets, TokenizeReport.from_dict(meta["report"]), sources)
     except Exception as error:  # whatever is wrong with a cache file, the answer is to rebuild it
         log.warning("tokenization cache %s is unusable (%s: %s); rebuilding it", path, type(error).__name__, error)
         return None
@@ -180,15 +184,18 @@ def save_cached(dataset: TokenizedDataset, path: Path, key: str) -> None:
     """Write atomically: a temporary file in the same folder, fsynced, then renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent)
+    sources = dataset.sources.arrays()
     meta = {
         "cache_version": CACHE_VERSION,
         "key": key,
-        "digest": arrays_digest(dataset.input_ids, dataset.labels, dataset.offsets),
+        "digest": arrays_digest(dataset.input_ids, dataset.labels, dataset.offsets, *sources.values()),
         "report": dataset.report.to_dict(),
+        "source_files": dataset.sources.files,
     }
     meta_bytes = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8)
+    arrays = {"input_ids": dataset.input_ids, "labels": dataset.labels, "offsets": dataset.offsets, **sources}
     with atomic_open(path, "wb") as file:
-        np.savez(file, input_ids=dataset.input_ids, labels=dataset.labels, offsets=dataset.offsets, meta=meta_bytes)
+        np.savez(file, **arrays, meta=meta_bytes)
     dataset.report.cache_file = str(path)
 
 

@@ -213,6 +213,8 @@ def text_rows(file: str, text: str, unit: str) -> list[ParsedRow]:
 def array_rows(file: str, text: str) -> list[ParsedRow]:
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise DataError(too_deep(), file=file, expected="a JSON array of records") from None
     except json.JSONDecodeError as error:
         raise DataError(
             f"not valid JSON: {error.msg} at column {error.colno}",
@@ -235,17 +237,23 @@ def jsonl_rows(file: str, text: str, kind: str) -> list[ParsedRow]:
         source = Source(file, line=number)
         try:
             rows.append((source, json.loads(line)))
+        except RecursionError:
+            rows.append((source, DataError(too_deep(), file=file, line=number, expected="one JSON object per line")))
         except json.JSONDecodeError as error:
             message = f"malformed JSON: {error.msg} at column {error.colno}"
             rows.append((source, DataError(message, file=file, line=number, expected="one JSON object per line")))
     return rows
 
 
+def too_deep() -> str:
+    return "JSON nested too deeply to parse (more levels than Python's recursion limit)"
+
+
 def reject_single_object(file: str, text: str, kind: str) -> None:
     """A .json file holding one object, or one object spread over several lines, is not a data file."""
     try:
         value = json.loads(text)  # JSON Lines fails fast, at the end of its first record
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # the per-line parse reports what is wrong
         return
     several_lines = len([line for line in split_lines(text.strip()) if line.strip()]) > 1
     if kind == "jsonl" and not several_lines:

@@ -1,10 +1,11 @@
 """Conversations to token ids and labels, for training and for generation, through one function.
 
 Each rendered segment is encoded on its own with `add_special_tokens=False` and the pieces are
-concatenated, so a prompt encodes to the same ids whether it is followed by a reply (training) or
-ends the input (generation). All segments of all conversations go to the Rust tokenizer in large
-batches (on a worker thread, overlapping the rendering); truncation and masking then run as array
-operations over the flat token array.
+concatenated (plus a BOS id first where the tokenizer adds one itself, see bos.py), so a prompt
+encodes to the same ids whether it is followed by a reply (training) or ends the input (generation).
+All segments of all conversations go to the Rust tokenizer in large batches (on a worker thread,
+overlapping the rendering); truncation and masking then run as array operations over the flat
+token array.
 
 Truncation, in this order:
 - `max_source_length`: each prompt segment keeps its last N tokens (cut from the left), so the
@@ -31,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from tunellm.config.schema import DataConfig
-from tunellm.data.record import Conversation
+from tunellm.data.bos import bos_to_add, prepend_bos
+from tunellm.data.record import Conversation, Source
+from tunellm.data.sources import SampleSources
 from tunellm.data.templates.base import Template
 
 IGNORE_INDEX = -100
@@ -104,15 +107,29 @@ class TokenizeReport:
 
 
 class TokenizedDataset:
-    """Samples stored flat: sample i is ids[offsets[i]:offsets[i + 1]], labels alike (int32)."""
+    """Samples stored flat: sample i is ids[offsets[i]:offsets[i + 1]], labels alike (int32).
 
-    def __init__(self, input_ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray, report: TokenizeReport) -> None:
+    `sources` says, per sample, which record it came from (number in the read order, file, line).
+    """
+
+    def __init__(
+        self,
+        input_ids: np.ndarray,
+        labels: np.ndarray,
+        offsets: np.ndarray,
+        report: TokenizeReport,
+        sources: SampleSources | None = None,
+    ) -> None:
         if input_ids.shape != labels.shape or offsets[0] != 0 or offsets[-1] != len(input_ids):
             raise ValueError("input_ids, labels and offsets do not describe the same samples")
+        if sources is not None and len(sources) != len(offsets) - 1:
+            raise ValueError("sources do not describe the same samples")
         self.input_ids = input_ids
         self.labels = labels
         self.offsets = offsets
         self.report = report
+        self.sources = sources if sources is not None else SampleSources.unknown(len(offsets) - 1)
+        self.key: str | None = None  # the tokenization cache key, when it came through the cache
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -156,11 +173,11 @@ def tokenize_conversations(
     options = options or TokenizeOptions()
     seg_sample: list[int] = []
     seg_trainable: list[bool] = []
-    sources: list[str] = []
+    sources: list[Source] = []
 
     def texts() -> Iterator[str]:
         for number, conversation in enumerate(conversations):
-            sources.append(str(conversation.source))
+            sources.append(conversation.source)
             for text, trainable in template.render(conversation, for_generation):
                 seg_sample.append(number)
                 seg_trainable.append(trainable)
@@ -168,7 +185,9 @@ def tokenize_conversations(
 
     with gc_paused():
         flat, seg_len = encode_texts(tokenizer, texts(), options.num_workers)
-    segments = Segments(flat, seg_len, np.array(seg_sample, np.int64), np.array(seg_trainable, bool), len(sources))
+    parts = flat, seg_len, np.array(seg_sample, np.int64), np.array(seg_trainable, bool)
+    bos = bos_to_add(tokenizer)
+    segments = Segments(*(parts if bos is None else prepend_bos(*parts, bos)), len(sources))
     return assemble(segments, sources, options, for_generation)
 
 
@@ -254,7 +273,7 @@ class Segments:
 
 
 def assemble(
-    segments: Segments, sources: list[str], options: TokenizeOptions, for_generation: bool
+    segments: Segments, sources: list[Source], options: TokenizeOptions, for_generation: bool
 ) -> TokenizedDataset:
     n = segments.samples
     trained = np.repeat(trained_segments(segments, options, for_generation), segments.length)
@@ -279,11 +298,11 @@ def assemble(
         tokens=int(offsets[-1]),
         trained_tokens=int(trained_count[~dropped].sum()),
         truncated=int(truncated.sum()),
-        truncated_sources=[sources[i] for i in np.flatnonzero(truncated)[:LISTED]],
+        truncated_sources=[str(sources[i]) for i in np.flatnonzero(truncated)[:LISTED]],
         fully_masked=int(dropped.sum()),
-        fully_masked_sources=[sources[i] for i in np.flatnonzero(dropped)],
+        fully_masked_sources=[str(sources[i]) for i in np.flatnonzero(dropped)],
     )
-    return TokenizedDataset(ids, labels, offsets, report)
+    return TokenizedDataset(ids, labels, offsets, report, SampleSources.build(sources, np.flatnonzero(~dropped)))
 
 
 def trained_segments(segments: Segments, options: TokenizeOptions, for_generation: bool) -> np.ndarray:

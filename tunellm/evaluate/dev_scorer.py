@@ -7,14 +7,14 @@ spread evenly over the dev set and are the same at every step, so steps compare.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import numpy as np
 
 from tunellm.config.schema import RunConfig
 from tunellm.data.prepare import read_data
 from tunellm.data.record import Conversation
+from tunellm.data.sources import held_out_records
 from tunellm.data.templates import Template
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
@@ -23,6 +23,7 @@ from tunellm.evaluate.run import hf_generator, pick_rows, score_conversations
 from tunellm.infer.generate import SamplingOptions
 
 DevScorer = Callable[[Any], dict[str, float]]
+log = logging.getLogger(__name__)
 
 
 def check_best_metric(config: RunConfig) -> None:
@@ -46,17 +47,14 @@ def wants_task_metrics(config: RunConfig) -> bool:
 def read_dev_conversations(config: RunConfig) -> list[Conversation]:
     """The records of `data.dev`; without dev files, the `data.dev_split` share of the training records.
 
-    The split repeats `tunellm train`'s (a seeded permutation, the first share held out), which is drawn over
-    tokenized samples: the two agree when tokenization excluded no record (none left without a trained token).
+    The same records `tunellm train` holds out for the dev loss (`held_out_records`, drawn over records read).
     """
     if config.data.dev:
         return read_data(config.data.dev, config.data).conversations
     if config.data.dev_split <= 0 or not config.data.train:
         return []
     records = read_data(config.data.train, config.data).conversations
-    held = min(max(1, round(len(records) * config.data.dev_split)), len(records))
-    order = np.random.default_rng(config.train.seed).permutation(len(records))
-    return [records[i] for i in sorted(order[:held].tolist())]
+    return [records[i] for i in held_out_records(len(records), config.data.dev_split, config.train.seed).tolist()]
 
 
 def make_dev_scorer(
@@ -87,7 +85,14 @@ def make_dev_scorer(
             scored, _ = score_conversations(rows, generator, options, tokenize_options, group_by="none")
         finally:
             model.train(was_training)
-        return {k: v for k, v in score_rows(scored).items() if k not in ("rows", "scored")}
+        scores = {k: v for k, v in score_rows(scored).items() if k not in ("rows", "scored")}
+        if scores.get("beats_majority") == 0.0:
+            log.warning(
+                "dev accuracy %.4f does not beat always answering the most frequent label (%.4f)",
+                scores["accuracy"],
+                scores["majority_accuracy"],
+            )
+        return scores
 
     return score
 

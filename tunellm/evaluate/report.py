@@ -89,11 +89,29 @@ def compare_table(results: Sequence[EvalResult]) -> str:
 
 
 def markdown_report(results: Sequence[EvalResult]) -> str:
-    """The table, each model named, and how many rows each overall metric scored."""
+    """The table, each model named, how many rows each overall metric scored, and the flags on classification
+    scores that do not beat always answering the most frequent label."""
     lines = [f"- **{r.label}**: {r.model}" for r in results]
     table = single_table(results[0]) if len(results) == 1 else compare_table(results)
     scored = ", ".join(f"{name} {n}" for name, n in results[0].overall.get("scored", {}).items())
-    return "\n".join([*lines, "", table, "", f"Rows scored per metric (overall): {scored or 'none'}."]) + "\n"
+    flags = [flag for result in results for flag in baseline_flags(result)]
+    flagged = ["", *flags] if flags else []
+    return "\n".join([*lines, "", table, "", f"Rows scored per metric (overall): {scored or 'none'}.", *flagged]) + "\n"
+
+
+def baseline_flags(result: EvalResult) -> list[str]:
+    """One line per task (and overall) whose accuracy is not above its majority-label baseline."""
+    flags = []
+    for task, scores in sections(result).items():
+        if scores.get("beats_majority") == 0.0:
+            random = scores.get("random_accuracy")
+            chance = f", uniform random pick {random:.4f}" if random is not None else ""
+            flags.append(
+                f"- ⚠ **{result.label}, {task}: accuracy {scores['accuracy']:.4f} does not beat always answering "
+                f"the most frequent label ({scores['majority_accuracy']:.4f}{chance})**: the model may have learned "
+                "the answer format and the label prior, not the task."
+            )
+    return flags
 
 
 def bar_chart(results: Sequence[EvalResult], path: Path) -> None:

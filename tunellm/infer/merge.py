@@ -8,7 +8,8 @@ the written files from disk, the honest check of what was written, against the a
 recorded before merging (merging changes the model in place). Then parity.json is added and the folder
 is renamed into place, whether parity holds or not: a failed merge stays there for inspection, and
 `merge_checkpoint` raises ParityError after the rename. A crash before that leaves only the temporary
-folder, which is removed when it can be.
+folder, which is removed when it can be; a SIGKILL leaves it, named with the process id, and the next merge into
+the same output removes it once that process is gone.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ from tunellm.infer.parity import (
     render_check,
     run_model,
 )
+from tunellm.infer.weight_parity import LayerParity, merge_layers_checked
 from tunellm.methods import METHODS
 from tunellm.models.convert.native import ORIGINAL
 from tunellm.models.load import load_model
@@ -147,12 +151,15 @@ def merge_checkpoint(adapter: str | Path, options: MergeOptions, say: Callable[[
     dtype = next(loaded.model.parameters()).dtype
     tolerance = default_tolerance(dtype) if options.tolerance is None else options.tolerance
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.merging-", dir=output.parent))
+    for folder in sweep_stale(output):
+        say(f"removed {folder}, left by a merge that was killed")
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.merging-{os.getpid()}-", dir=output.parent))
     try:
         say(f"merging and writing {staging}")
-        stops = write_merged(method, loaded, chat_template, staging)
+        stops, layers = write_merged(method, loaded, chat_template, staging)
         say("loading the written folder and comparing")
         report = check_written(staging, loaded, conversations, reference, tokenize_options, options, tolerance, dtype)
+        report.layers = layers
         write_json_atomic(staging / PARITY_FILE, report.to_json())
         move_into_place(staging, output)
     except BaseException:
@@ -169,9 +176,15 @@ def merge_checkpoint(adapter: str | Path, options: MergeOptions, say: Callable[[
     return result
 
 
-def write_merged(method: Any, loaded: InferenceModel, chat_template: str, folder: Path) -> Stops:
-    """Merge (in place), then save weights, generation config and tokenizer; the model is released after."""
-    merged = method.merge(loaded.model)
+def write_merged(
+    method: Any, loaded: InferenceModel, chat_template: str, folder: Path
+) -> tuple[Stops, LayerParity | None]:
+    """Merge (in place; LoRA layers one by one, each checked), then save weights, generation config and tokenizer;
+    the model is released after."""
+    layers = merge_layers_checked(loaded.model)
+    with warnings.catch_warnings():  # peft notes that the checked layers are merged already
+        warnings.filterwarnings("ignore", message=".*already merged.*")
+        merged = method.merge(loaded.model)
     loaded.model = None  # keep no reference to the merged weights once written, so they can be freed
     stops = find_stops(merged, loaded.tokenizer, loaded.template)
     pad_id = pad_id_of(loaded.tokenizer, stops)
@@ -189,7 +202,7 @@ def write_merged(method: Any, loaded: InferenceModel, chat_template: str, folder
     finally:
         tokenizer.chat_template = original
     keep_original_files(loaded.config.model, folder)
-    return stops
+    return stops, layers
 
 
 def keep_original_files(model_config: ModelConfig, folder: Path) -> None:
@@ -256,6 +269,30 @@ def check_written(
         dtype=dtype,
         max_new_tokens=options.max_new_tokens,
     )
+
+
+def sweep_stale(output: Path) -> list[Path]:
+    """Remove the staging folders of merges into `output` whose process is gone (killed). A `.replaced-` folder (a
+    kill between the two renames of a --force merge) holds the user's earlier output and is left alone."""
+    removed = []
+    for folder in sorted(output.parent.glob(f".{output.name}.merging-*")):
+        match = re.match(rf"\.{re.escape(output.name)}\.merging-(\d+)-", folder.name)
+        if folder.is_dir() and not (match and process_alive(int(match.group(1)))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def move_into_place(staging: Path, output: Path) -> None:

@@ -7,7 +7,9 @@ Per prompt (rendered and encoded by the code chat uses), with the adapter model'
 - greedy: the merged model's own greedy reply must be token for token the adapter's. A reply that parts
   at a near tie (the adapter preferred its token by no more than the tolerance) is reported but passes:
   the logit check already bounds such flips, and half precision makes them common;
-- chat template: the written tokenizer renders the prompt as the template does, and encodes it alike.
+- chat template: the written tokenizer renders the prompt as the template does, and encodes it alike;
+- weights (LoRA): each merged layer equals base + scale·B·A computed in float32, within the dtype's rounding
+  (weight_parity.py): exact where the logit tolerance of half precision is not.
 Prompts come from `--data` records (a record's reply left out) or are built in.
 """
 
@@ -36,6 +38,7 @@ from tunellm.infer.generate import (
     pad_id_of,
 )
 from tunellm.infer.predict import split_reference
+from tunellm.infer.weight_parity import LayerParity
 
 PARITY_FILE = "parity.json"
 BUILTIN_PROMPTS: tuple[tuple[str, ...], ...] = (  # user and assistant turns, alternating; the last is the user's
@@ -95,6 +98,7 @@ class ParityReport:
     tolerance: float
     dtype: str
     max_new_tokens: int
+    layers: LayerParity | None = None  # the exact per-layer check of a LoRA merge (weight_parity.py)
 
     @property
     def max_logit_diff(self) -> float:
@@ -111,6 +115,8 @@ class ParityReport:
         renders = sum(row.prompt_render not in ("same", "not covered (tools)") for row in self.rows)
         if renders:
             found.append(f"the written tokenizer renders {renders} of {len(self.rows)} prompts differently")
+        if self.layers is not None:
+            found += self.layers.problems()
         return found
 
     @property
@@ -129,6 +135,7 @@ class ParityReport:
             "tolerance": self.tolerance,
             "dtype": self.dtype,
             "max_new_tokens": self.max_new_tokens,
+            "layers": self.layers.to_json() if self.layers is not None else None,
             "prompts": rows,
         }
 
@@ -203,7 +210,9 @@ def render_check(tokenizer: Any, template: Template, conversation: Conversation)
         return "not covered (tools)"
     messages = conversation.to_json()["messages"]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "same" if text == "".join(s.text for s in template.render(conversation, True)) else "text differs"
+    rendered = "".join(s.text for s in template.render(conversation, True))
+    lead = template.leading_bos() if hasattr(template, "leading_bos") else ""  # the BOS tokenization puts first
+    return "same" if text == lead + rendered else "text differs"
 
 
 def parting(adapter: list[int], merged: list[int]) -> int | None:

@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tunellm.atomic import fsync_path, write_json_atomic
-from tunellm.errors import ConfigError, ModelError
+from tunellm.errors import ConfigError, ModelError, TrainingError
 from tunellm.methods import freeze
 from tunellm.methods.base import hook, restore_peft, restore_tensors
 from tunellm.train.state import TrainState, capture_rng, restore_rng
@@ -57,8 +57,10 @@ def remove_partial(output_dir: Path) -> list[Path]:
     return partial
 
 
-def find_resume(output_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to continue from: `auto` (newest in output_dir, if any), `never`, or a folder."""
+def find_resume(output_dir: Path, resume: str, *, quiet: bool = False) -> Path | None:
+    """The checkpoint to continue from: `auto` (the newest usable one in output_dir, if any), `never`, or a folder.
+
+    `quiet` leaves out the warnings about damaged checkpoints passed over (for a check that runs before `fit`)."""
     existing = list_checkpoints(output_dir)
     if resume == "never":
         if existing:
@@ -70,7 +72,13 @@ def find_resume(output_dir: Path, resume: str) -> Path | None:
             )
         return None
     if resume == "auto":
-        return existing[-1] if existing else None
+        for folder in reversed(existing):
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                return folder
+            if not quiet:
+                log.warning("skipping checkpoint %s: %s; resuming from an earlier one", folder, problem)
+        return None
     path = Path(resume)
     if path.is_dir() and not (path / STATE_DIR).is_dir() and list_checkpoints(path):
         return list_checkpoints(path)[-1]
@@ -111,6 +119,29 @@ def check_complete(folder: Path) -> None:
             expected="a step-N folder written by `tunellm train`",
             hint=f"it holds: {', '.join(held) or 'nothing'}. Resume from another step-N folder or set resume=never",
         )
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes `folder` unusable for resume (a missing file, a safetensors file cut short, a state file that
+    does not parse), or None. Reads headers and JSON only, not the tensors."""
+    try:
+        check_complete(folder)
+    except ModelError as error:
+        return error.message
+    from safetensors import safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as error:  # SafetensorError or OSError: either way the file cannot be loaded
+            return f"{path.relative_to(folder)} is damaged ({error})"
+    for path in sorted((folder / STATE_DIR).glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            return f"{path.relative_to(folder)} does not parse ({error})"
+    return None
 
 
 def save_trainable(model: Any, folder: Path, method: Any | None = None) -> None:
@@ -201,18 +232,22 @@ def save_checkpoint(
     rng = capture_rng()
     _write_json(tmp / STATE_DIR / f"rng_{accelerator.process_index}.json", rng)
     if accelerator.is_main_process:
-        save_trainable(accelerator.unwrap_model(model), tmp, method)
-        if hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(tmp))
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        _write_optimizer(tmp / STATE_DIR, optimizer.state_dict())
-        _write_json(tmp / STATE_DIR / "scheduler.json", scheduler.state_dict())
-        if accelerator.scaler is not None:
-            _write_json(tmp / STATE_DIR / "scaler.json", accelerator.scaler.state_dict())
-        state.save(tmp / STATE_DIR / "trainer_state.json")
+        try:
+            save_trainable(accelerator.unwrap_model(model), tmp, method)
+            if hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(str(tmp))
+            config_text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+            (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
+            _write_optimizer(tmp / STATE_DIR, optimizer.state_dict())
+            _write_json(tmp / STATE_DIR / "scheduler.json", scheduler.state_dict())
+            if accelerator.scaler is not None:
+                _write_json(tmp / STATE_DIR / "scaler.json", accelerator.scaler.state_dict())
+            state.save(tmp / STATE_DIR / "trainer_state.json")
+            _fsync_tree(tmp)
+        except OSError as error:
+            raise write_failed(output_dir, tmp, final, error) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _fsync_tree(tmp)
         if final.exists():  # only when a finished run is saved again at the same step
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -220,6 +255,20 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     restore_rng(rng)
     return final
+
+
+def write_failed(output_dir: Path, tmp: Path, final: Path, error: OSError) -> TrainingError:
+    """The error for a checkpoint that could not be written (a full disk): the partial folder is removed to give
+    the space back, and the message names the cause and the checkpoint a rerun resumes from."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    previous = [p for p in list_checkpoints(output_dir) if p != final]
+    cause = error.strerror or str(error)
+    resume = f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint exists"
+    return TrainingError(
+        f"could not write checkpoint {final.name}: {cause}; training stopped",
+        file=str(error.filename or final),
+        hint=f"{resume}; free space (or choose another train.output_dir) and run the same command again to resume",
+    )
 
 
 def load_checkpoint(

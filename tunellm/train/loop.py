@@ -34,13 +34,15 @@ from tunellm.train.checkpoint import (
     save_checkpoint,
     write_best,
 )
+from tunellm.train.guard import BadStepGuard, skip_batches, skip_step, step_is_finite
 from tunellm.train.log import RunLog, check_report_to
 from tunellm.train.optim import StepPlan, build_scheduler, method_optimizer
-from tunellm.train.state import TrainState, epoch_order, restore_rng
+from tunellm.train.state import TrainState, check_resume_data, data_key, epoch_order, restore_rng
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+FORCE_KEY = "train.resume_data_changed"  # set for one resume, not a change of the run's config
 
 
 @dataclass
@@ -179,17 +181,21 @@ def _optimizer_step(
     scheduler: Any,
     batches: list[dict[str, torch.Tensor]],
     cfg: TrainConfig,
-) -> tuple[torch.Tensor, int, torch.Tensor | None, float]:
-    """One optimizer step; returns (summed token loss, trained tokens, grad norm before clipping, lr it ran with)."""
+) -> tuple[torch.Tensor, int, torch.Tensor | None, float, bool]:
+    """One optimizer step; returns (summed token loss, trained tokens, grad norm before clipping, lr it ran with,
+    whether it stepped: a non-finite loss or gradient skips it, see guard.py)."""
     loss_sum, tokens = accumulate_gradients(accelerator, model, batches)
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
     lr = optimizer.param_groups[0]["lr"]
+    if not step_is_finite(accelerator, loss_sum, grad_norm):
+        skip_step(accelerator, optimizer)
+        return loss_sum, tokens, grad_norm, lr, False
     optimizer.step()
     if not optimizer.step_was_skipped:  # fp16 overflow: the scaler skipped the step, so the schedule waits
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, tokens, grad_norm, lr
+    return loss_sum, tokens, grad_norm, lr, True
 
 
 def fit(
@@ -228,7 +234,8 @@ def fit(
     model, optimizer = accelerator.prepare(model, optimizer)
     plan = StepPlan.make(cfg, len(train_data), accelerator.num_processes)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
-    state, rng = TrainState(), None
+    key = data_key(train_data)
+    state, rng = TrainState(data_key=key), None
     parts = {
         "accelerator": accelerator,
         "model": model,
@@ -238,7 +245,8 @@ def fit(
     }
     if resume_from is not None:
         state, rng = load_checkpoint(resume_from, **parts)
-        changed = [k for k in config_changes(resume_from, resolved) if k != "train.resume"]
+        check_resume_data(state, key, cfg.resume_data_changed, resume_from)
+        changed = [k for k in config_changes(resume_from, resolved) if k not in ("train.resume", FORCE_KEY)]
         if changed:
             log.warning("config changed since %s: %s", resume_from, ", ".join(changed))
         log.info("resuming from %s (step %d)", resume_from, state.global_step)
@@ -263,11 +271,21 @@ def fit(
             restore_rng(rng)  # last, so nothing above draws from the restored generators
         started = time.monotonic() - state.elapsed
         window_started, window_tokens = time.monotonic(), 0
+        guard = BadStepGuard(cfg.max_bad_steps)
         while state.global_step < plan.total_steps:
             order = order_of(state.epoch)
             micro = order[state.batch_in_epoch : state.batch_in_epoch + cfg.gradient_accumulation_steps]
             batches = [collate([train_data[i] for i in rows], pad_id) for rows in micro]
-            loss_sum, tokens, grad_norm, lr = _optimizer_step(accelerator, model, optimizer, scheduler, batches, cfg)
+            loss_sum, tokens, grad_norm, lr, stepped = _optimizer_step(
+                accelerator, model, optimizer, scheduler, batches, cfg
+            )
+            if not stepped:  # nothing changed; move past the bad rows, and stop (saving this state) if it persists
+                skip_batches(state, len(micro), len(order))
+                if guard.bad(state.global_step, train_data, micro, rank):
+                    state.pending_loss = float(pending)
+                    raise guard.stop_error(state.global_step, save_checkpoint(output_dir, state, **saving))
+                continue
+            guard.good()
             epoch = state.advance(len(micro), len(order))
             step, last = state.global_step, state.global_step == plan.total_steps
             pending += loss_sum

@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 from tunellm.config.schema import RunConfig
 from tunellm.data.prepare import choose_template, tokenized_training_set
 from tunellm.data.read import expand_paths
+from tunellm.data.sources import held_out_records
 from tunellm.errors import ConfigError, DataError, ModelError
 from tunellm.evaluate import check_best_metric, dev_scorer_for
 from tunellm.methods import METHODS
@@ -41,7 +42,7 @@ def check_inputs(config: RunConfig) -> None:
     check_writable(Path(config.train.output_dir))
     check_report_to(config.train.report_to)
     check_best_metric(config)
-    find_resume(Path(config.train.output_dir), config.train.resume)
+    find_resume(Path(config.train.output_dir), config.train.resume, quiet=True)  # fit warns about what it skips
     adapter = config.train.init_adapter
     if adapter and not Path(adapter).is_dir():
         raise ModelError("adapter folder not found", file=adapter, field="train.init_adapter")
@@ -65,20 +66,22 @@ def check_writable(output_dir: Path) -> None:
 
 
 def split_dev(dataset: Any, fraction: float, seed: int) -> tuple[Subset, Subset]:
-    """Hold out a seeded `fraction` of the tokenized samples (at least one); the rest train, in their order.
+    """Hold out the samples of a seeded `fraction` of the records (`held_out_records`); the rest train, in order.
 
-    Splitting after tokenization, by index, keeps the cached tokenized set whole whatever the fraction.
+    Drawn over records read, so the dev scorer (which reads the records) scores exactly the held-out records,
+    whatever tokenization excluded. Splitting by index keeps the cached tokenized set whole.
     """
-    count = len(dataset)
-    held = min(max(1, round(count * fraction)), count)
-    if count - held < 1:
+    sources = getattr(dataset, "sources", None)
+    records = sources.records if sources is not None else np.arange(len(dataset))
+    count = dataset.report.rows if sources is not None else len(dataset)
+    is_dev = np.isin(records, held_out_records(count, fraction, seed))
+    if is_dev.all():
         raise DataError(
             f"data.dev_split={fraction} leaves no training rows out of {count}",
             field="data.dev_split",
             hint="lower dev_split, add rows, or give a dev file",
         )
-    order = np.random.default_rng(seed).permutation(count)
-    return Subset(dataset, sorted(order[held:].tolist())), Subset(dataset, sorted(order[:held].tolist()))
+    return Subset(dataset, np.flatnonzero(~is_dev).tolist()), Subset(dataset, np.flatnonzero(is_dev).tolist())
 
 
 def prepare_data(config: RunConfig, tokenizer: Any, template: Any) -> tuple[Any, Any | None]:
@@ -93,7 +96,7 @@ def prepare_data(config: RunConfig, tokenizer: Any, template: Any) -> tuple[Any,
         return train, dev
     if config.data.dev_split > 0:
         train, dev = split_dev(train, config.data.dev_split, config.train.seed)
-        say(f"dev data: {len(dev):,} of {len(train) + len(dev):,} samples held out (data.dev_split)")
+        say(f"dev data: {len(dev):,} of {len(train) + len(dev):,} samples held out by record (data.dev_split)")
         return train, dev
     return train, None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -11,6 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tunellm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +33,8 @@ class TrainState:
     # Summed token loss and token count since the last logged step, so a log interval cut by a resume stays exact.
     pending_loss: float = 0.0
     pending_tokens: int = 0
+    # What the run trains on (`data_key`): a resume with other data would silently walk another order.
+    data_key: str = ""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
@@ -84,3 +92,45 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def data_key(dataset: Any) -> str:
+    """A fingerprint of the training rows: the tokenization cache key when there is one (a subset adds its
+    indices), else a hash of the rows' ids and labels."""
+    digest = hashlib.blake2b(digest_size=16)
+    key = getattr(dataset, "key", None)
+    if key:
+        return str(key)
+    parent, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    if parent is not None and indices is not None:
+        digest.update(data_key(parent).encode())
+        digest.update(np.asarray(indices, np.int64).tobytes())
+        return digest.hexdigest()
+    if all(hasattr(dataset, name) for name in ("input_ids", "labels", "offsets")):  # an uncached tokenized set
+        for array in (dataset.input_ids, dataset.labels, dataset.offsets):
+            digest.update(np.ascontiguousarray(array).tobytes() + b"|")
+        return digest.hexdigest()
+    for i in range(len(dataset)):
+        row = dataset[i]
+        for name in ("input_ids", "labels"):
+            digest.update(np.asarray(row[name], np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
+def check_resume_data(state: TrainState, key: str, policy: str, folder: Any) -> None:
+    """Stop a resume onto other training data, or with policy `restart_epoch` start the epoch's order afresh."""
+    if not state.data_key:  # written before data keys were kept
+        log.warning("%s does not record its training data; assuming it is unchanged", folder)
+    elif state.data_key != key:
+        if policy != "restart_epoch":
+            raise ConfigError(
+                f"the training data changed since {folder} (data key {state.data_key[:12]}, now {key[:12]}): "
+                "resuming would continue another data order",
+                file=str(folder),
+                field="data.train",
+                hint="train on the same data, start a new train.output_dir, or pass --force "
+                "(train.resume_data_changed=restart_epoch) to continue on the new data from the start of the epoch",
+            )
+        log.warning("training data changed since %s: continuing on it from the start of epoch %d", folder, state.epoch)
+        state.batch_in_epoch = 0
+    state.data_key = key

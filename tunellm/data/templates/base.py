@@ -288,7 +288,7 @@ class TurnTemplate(Template):
                 "{%- set turns = messages -%}",
                 "{%- if messages and messages[0]['role'] == 'system' -%}",
                 "{%- set ns.system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}{%- endif -%}",
-                jinja_print(self.begin),
+                jinja_print(self.leading_bos(), self.begin),
                 "{%- if ns.system -%}{%- set system = ns.system -%}" + self.jinja_prefix() + "{%- endif -%}",
                 "{%- for message in turns -%}{%- set content = message['content'] -%}",
                 separator,
@@ -307,6 +307,16 @@ class TurnTemplate(Template):
                 "{%- elif ns.last == 'assistant' -%}" + jinja_print(self.trailing) + "{%- endif -%}",
             ]
         )
+
+    def leading_bos(self) -> str:
+        """The BOS text for the exported Jinja template when tokenization puts a BOS id in front (data/bos.py)
+        and the rendering does not write one itself; HF's apply_chat_template adds no special tokens."""
+        from tunellm.data.bos import bos_to_add
+
+        probe = Conversation([Turn("user", "Q")], Source("<bos probe>"))
+        if bos_to_add(self.tokenizer) is None or self.render(probe, True)[0].text.startswith(self.bos):
+            return ""
+        return self.bos
 
     def jinja_prefix(self) -> str:
         """Jinja printing `prefix(system)`, with the variable `system`."""
