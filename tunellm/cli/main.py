@@ -7,7 +7,17 @@ import logging
 import typer
 
 from tunellm import __version__
-from tunellm.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, merge_cmd, model_cmd, predict_cmd, train_cmd
+from tunellm.cli import (
+    chat_cmd,
+    config_cmd,
+    data_cmd,
+    doctor_cmd,
+    eval_cmd,
+    merge_cmd,
+    model_cmd,
+    predict_cmd,
+    train_cmd,
+)
 from tunellm.cli.errors import run_with_clean_errors
 
 app = typer.Typer(
@@ -18,6 +28,7 @@ app = typer.Typer(
 )
 # listed in the order of the data flow
 app.add_typer(data_cmd.app, name="data")
+app.command("doctor")(doctor_cmd.doctor)
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("chat")(chat_cmd.chat)

@@ -48,16 +48,19 @@ def train(
     dev: list[str] = typer.Option(None, "--dev", help="dev file or glob (repeatable): data.dev"),
     output: str = typer.Option(None, "--output", help="run folder: train.output_dir"),
     model: str = typer.Option(None, "--model", help="model name or path: model.name_or_path"),
+    force: bool = typer.Option(False, "--force", help="train even when the pre-flight checks say it will fail"),
 ) -> None:
     """Fine-tune a model. Without a config file: LoRA on the embedded default model with default settings.
 
     Later wins: CONFIG.yaml, then the flags, then key=value.
 
-    Running the same command again resumes from the newest checkpoint in the output folder.
+    Running the same command again resumes from the newest checkpoint in the output folder. A run that will
+    certainly fail (a sure out-of-memory, an end-of-turn never generated) is refused before the weights load;
+    `tunellm doctor` says why and what would fit, and --force trains anyway.
     """
     path, overrides = split_config_and_overrides(args or [])
     config = load_config(path, shortcut_overrides(data or [], dev or [], output, model) + overrides)
     show_run_messages()
     from tunellm.train.run import train_from_config
 
-    train_from_config(config)
+    train_from_config(config, force=force)

@@ -65,6 +65,7 @@ class Context:
         tokenizer: Any = None,
         template: Any = None,
         longest_row: int | None = None,
+        rows: int | None = None,
     ) -> None:
         self.config = config
         self._hardware = hardware
@@ -75,6 +76,8 @@ class Context:
             self.__dict__["template"] = template
         if longest_row is not None:
             self.__dict__["longest_row"] = longest_row
+        if rows is not None:
+            self.__dict__["rows"] = rows
 
     @cached_property
     def hardware(self) -> Hardware:
@@ -152,6 +155,11 @@ class Context:
             return None
         stats = self.data_stats
         return int(min(stats.cutoff_len, (stats.prompt_lengths + stats.response_lengths).max()))
+
+    @cached_property
+    def rows(self) -> int | None:
+        """Training rows read (before truncation drops any); None without data."""
+        return len(self.read(self.config.data.train).conversations) if self.config.data.train else None
 
     def read(self, paths: list[str]) -> Any:
         """Every record of `paths`, bad ones skipped and listed (a check reports them)."""

@@ -140,8 +140,8 @@ def time_result(shape: ModelShape, plan: Plan, context: Context) -> Result:
     message = f"about {seconds:,.2f} s per optimizer step on {hardware.name} ({tokens / seconds:,.0f} tokens/s)"
     details = [f"{flops / 1e12:,.2f} TFLOP per step, rows padded to {plan.seq_len} tokens (an upper bound)"]
     steps = config.train.max_steps
-    if steps < 0 and context.config.data.train and context.longest_row:
-        rows = len(context.read(config.data.train).conversations)
+    rows = context.rows
+    if steps < 0 and rows:
         steps = math.ceil(config.train.num_train_epochs * rows / (plan.batch * accumulation * max(plan.world_size, 1)))
     if steps > 0:
         details.append(f"{steps:,} steps: about {steps * seconds / 60:,.1f} min")
@@ -171,7 +171,7 @@ def memory_result(context: Context, shape: ModelShape, plan: Plan) -> Result:
 @CHECKS.register("memory")
 def check_memory(context: Context) -> list[Result]:
     shape = ModelShape.from_config(context.model_config)
-    rows = len(context.read(context.config.data.train).conversations) if context.config.data.train else None
+    rows = context.rows
     seq_len = context.longest_row or context.config.data.cutoff_len
     parallel = context.parallel
     plan = plan_for(
