@@ -28,7 +28,7 @@ RUNS: dict[str, list[str]] = {  # name -> overrides on top of COMMON
 }
 COMMON = ["max_steps=2", "per_device_train_batch_size=4", "data.cutoff_len=256", "logging_steps=1",
           "save_steps=100", "report_to=none", "learning_rate=1e-5"]  # fmt: skip
-WORDS = "the quick brown fox jumps over the lazy dog while a careful engineer measures memory".split()
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "a", "careful", "engineer")
 
 
 def long_rows(path: Path, rows: int = 8) -> Path:
@@ -56,7 +56,7 @@ def measure(name: str, data: Path, workdir: Path, command: list[str], env: dict[
 
 def estimate(name: str, data: Path) -> float:
     from tunellm.config.load import load_config
-    from tunellm.doctor.memory import estimate_for_config
+    from tunellm.doctor.checks.memory import estimate_for_config
 
     config = load_config(None, [f"data.train={data}", *COMMON, *RUNS[name]])
     return estimate_for_config(config, seq_len=256).total
