@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 
 @pytest.fixture
@@ -19,11 +20,13 @@ def tunellm(tunellm_command, cli_env):
 
 def test_doctor_json_for_a_named_gpu(tunellm, tiny_llama_dir, alpaca_file, tmp_path):
     done = tunellm("doctor", "--data", str(alpaca_file), "--model", str(tiny_llama_dir), "--gpu", "A100-40GB",
-                   "--json", "per_device_train_batch_size=8", f"cache_dir={tmp_path / 'cache'}")  # fmt: skip
+                   "--json", "--only", "memory", "--only", "template", "per_device_train_batch_size=8",
+                   f"cache_dir={tmp_path / 'cache'}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     checks = {c["check"]: c for c in report["checks"]}
     assert report["ok"] is True and checks["memory.peak"]["status"] == "pass"
+    assert not any(name.startswith("data.") for name in checks)  # --only
     assert checks["memory.peak"]["data"]["hardware"]["name"] == "A100-40GB"
     assert checks["memory.peak"]["data"]["parts_gib"]["weights"] > 0
     assert "s per optimizer step on A100-40GB" in checks["memory.time"]["message"]
@@ -33,7 +36,9 @@ def test_doctor_json_for_a_named_gpu(tunellm, tiny_llama_dir, alpaca_file, tmp_p
 def test_doctor_lines_and_exit_1_on_bad_data(tunellm, tiny_llama_dir, alpaca_file, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(alpaca_file.read_text() + '{"instruction": 3}\n', encoding="utf-8")
-    done = tunellm("doctor", "--data", str(bad), "--model", str(tiny_llama_dir), f"cache_dir={tmp_path / 'cache'}")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_llama_dir)}, "data": {"train": [str(bad)]}}))
+    done = tunellm("doctor", str(config), f"cache_dir={tmp_path / 'cache'}")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "FAIL data.bad_rows" in done.stdout and f"{bad}, line 25" in done.stdout
     assert "PASS memory.peak" in done.stdout and "PASS template.eos" in done.stdout

@@ -211,7 +211,7 @@ def weight_bytes(shape: ModelShape, plan: Plan, trained: int) -> float:
 
 
 def tokens_per_micro_batch(plan: Plan) -> int:
-    """Padded batches run batch x the longest row (seq_len); packed ones are always full rows of seq_len."""
+    """Padded batches run batch x the longest row (seq_len); packed ones are always full rows of cutoff_len."""
     return plan.batch * row_length(plan)
 
 
@@ -289,6 +289,8 @@ def estimate_memory(shape: ModelShape, plan: Plan) -> MemoryEstimate:
         "runtime": runtime_bytes(plan),
     }
     parts["allocator"] = allocator_bytes(shape, plan, parts["gradients"])
+    if plan.sharding == "ddp" and plan.world_size > 1:  # DDP's all-reduce buckets: a second copy of the gradients
+        parts["ddp_buckets"] = parts["gradients"]
     if plan.autocast and plan.method in ("full", "freeze"):  # autocast caches a half copy of each trained weight
         parts["autocast_copies"] = 2.0 * trained
     return MemoryEstimate({k: v for k, v in parts.items() if v}, trained)
