@@ -113,3 +113,18 @@ def test_llama2_7b_lora_without_checkpointing_matches_the_peer_h100_peaks():
     plan = Plan(weight_dtype="bfloat16", batch=2, seq_len=2048, device="cuda")
     assert estimate_memory(shape, plan).total / GIB == pytest.approx(47.8, rel=0.15)
     assert estimate_memory(shape, dataclasses.replace(plan, batch=4)).total > named_gpu("H100-80GB").memory
+
+
+def test_settings_that_fit_are_offered_for_a_7b_run_on_a_24gb_gpu():
+    from tunellm.config.schema import RunConfig
+    from tunellm.doctor.checks.memory import suggestions
+
+    shape = ModelShape.from_config(LLAMA2_7B)
+    gpu = named_gpu("RTX4090-24GB")
+    lora = Plan(weight_dtype="bfloat16", batch=8, seq_len=1024, device="cuda")
+    fixes = suggestions(shape, lora, gpu.memory, RunConfig())
+    assert any(fix.startswith("per_device_train_batch_size=") for fix in fixes)
+    assert any(fix.startswith("method=qlora") for fix in fixes)
+    full = Plan(method="full", weight_dtype="float32", batch=1, seq_len=512, device="cuda", gradient_checkpointing=True)
+    fixes = suggestions(shape, full, gpu.memory, RunConfig())
+    assert fixes and fixes[-1].startswith("8 such devices with ZeRO-3/FSDP sharding"), fixes

@@ -99,34 +99,32 @@ def estimate_for_config(config: RunConfig, seq_len: int, raw: dict[str, Any] | N
 
 
 def suggestions(shape: ModelShape, plan: Plan, memory: float, config: RunConfig) -> list[str]:
-    """Changes that bring the estimate under FITS x memory, cheapest first."""
+    """Changes that bring the estimate under FITS x memory, cheapest first; each alone, else with checkpointing."""
     limit = FITS * memory
     found = []
+    checkpointed = dataclasses.replace(plan, gradient_checkpointing=True)
 
-    def fits(candidate: Plan) -> bool:
-        return estimate_memory(shape, candidate).total <= limit
+    def first_fit(text: str, **change: Any) -> bool:
+        for trial, extra in ((plan, ""), (checkpointed, " train.gradient_checkpointing=true")):
+            candidate = dataclasses.replace(trial, **change)
+            total = estimate_memory(shape, candidate).total
+            if total <= limit:
+                found.append(f"{text}{extra}".strip() + f": about {total / GIB:.1f} GiB")
+                return True
+        return False
 
-    def say(text: str, candidate: Plan) -> None:
-        found.append(f"{text}: about {estimate_memory(shape, candidate).total / GIB:.1f} GiB")
-
-    if not plan.gradient_checkpointing and fits(dataclasses.replace(plan, gradient_checkpointing=True)):
-        say("train.gradient_checkpointing=true", dataclasses.replace(plan, gradient_checkpointing=True))
-    for trial in (plan, dataclasses.replace(plan, gradient_checkpointing=True)):
-        batch = next((b for b in range(plan.batch - 1, 0, -1) if fits(dataclasses.replace(trial, batch=b))), None)
-        if batch:
-            steps = math.ceil(plan.batch / batch) * config.train.gradient_accumulation_steps
-            extra = "" if trial is plan else " train.gradient_checkpointing=true"
-            say(f"per_device_train_batch_size={batch} gradient_accumulation_steps={steps}{extra}",
-                dataclasses.replace(trial, batch=batch))  # fmt: skip
+    if not plan.gradient_checkpointing:
+        first_fit("")
+    for batch in range(plan.batch - 1, 0, -1):
+        steps = math.ceil(plan.batch / batch) * config.train.gradient_accumulation_steps
+        if first_fit(f"per_device_train_batch_size={batch} gradient_accumulation_steps={steps}", batch=batch):
             break
+    if plan.loss == "full" and "loss" in type(config.train).model_fields:  # once the chunked loss path exists
+        first_fit("train.loss=chunked", loss="chunked")
     if plan.method == "lora" and plan.device == "cuda":
-        quantized = dataclasses.replace(plan, method="qlora", quant_bits=4, optim_bytes=2.0, weight_dtype="bfloat16")
-        if fits(quantized):
-            say("method=qlora (4-bit base)", quantized)
+        first_fit("method=qlora (4-bit base)", method="qlora", quant_bits=4, optim_bytes=2.0, weight_dtype="bfloat16")
     for n in (2, 4, 8):
-        sharded = dataclasses.replace(plan, sharding="zero3", world_size=n)
-        if fits(sharded):
-            say(f"{n} such devices with ZeRO-3/FSDP sharding", sharded)
+        if first_fit(f"{n} such devices with ZeRO-3/FSDP sharding", sharding="zero3", world_size=n):
             break
     return found
 
