@@ -104,8 +104,11 @@ def suggestions(shape: ModelShape, plan: Plan, memory: float, config: RunConfig)
     found = []
     checkpointed = dataclasses.replace(plan, gradient_checkpointing=True)
 
+    alone = not plan.gradient_checkpointing and estimate_memory(shape, checkpointed).total <= limit
+    trials = ((plan, ""),) if alone else ((plan, ""), (checkpointed, " train.gradient_checkpointing=true"))
+
     def first_fit(text: str, **change: Any) -> bool:
-        for trial, extra in ((plan, ""), (checkpointed, " train.gradient_checkpointing=true")):
+        for trial, extra in trials:
             candidate = dataclasses.replace(trial, **change)
             total = estimate_memory(shape, candidate).total
             if total <= limit:
@@ -113,8 +116,10 @@ def suggestions(shape: ModelShape, plan: Plan, memory: float, config: RunConfig)
                 return True
         return False
 
-    if not plan.gradient_checkpointing:
-        first_fit("")
+    if alone:
+        found.append(
+            f"train.gradient_checkpointing=true: about {estimate_memory(shape, checkpointed).total / GIB:.1f} GiB"
+        )
     for batch in range(plan.batch - 1, 0, -1):
         steps = math.ceil(plan.batch / batch) * config.train.gradient_accumulation_steps
         if first_fit(f"per_device_train_batch_size={batch} gradient_accumulation_steps={steps}", batch=batch):
@@ -142,7 +147,8 @@ def time_result(shape: ModelShape, plan: Plan, context: Context) -> Result:
     if steps < 0 and rows:
         steps = math.ceil(config.train.num_train_epochs * rows / (plan.batch * accumulation * max(plan.world_size, 1)))
     if steps > 0:
-        details.append(f"{steps:,} steps: about {steps * seconds / 60:,.1f} min")
+        total = steps * seconds
+        details.append(f"{steps:,} steps: about " + (f"{total:,.0f} s" if total < 120 else f"{total / 60:,.1f} min"))
     data = {"seconds_per_step": seconds, "tokens_per_second": tokens / seconds, "steps": steps}
     return Result("memory.time", "pass", message, details, data)
 
