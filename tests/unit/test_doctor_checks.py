@@ -159,3 +159,10 @@ def test_memory_beyond_the_device_is_a_sure_failure_with_settings_that_fit(conte
     roomy = results(context_for(f"data.train={train}"), "memory")["memory.peak"]
     assert roomy.status == "pass" and not roomy.sure
     assert results(context_for(f"data.train={train}"), "memory")["memory.time"].data["seconds_per_step"] > 0
+
+
+def test_an_unknown_check_group_is_an_error(context_for):
+    from tunellm.errors import TunellmError
+
+    with pytest.raises(TunellmError, match="(?s)unknown doctor check 'memroy'.*did you mean 'memory'"):
+        run_checks(context_for(), ["memroy"])

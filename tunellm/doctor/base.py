@@ -178,10 +178,11 @@ CHECKS: Registry[CheckGroup] = Registry("doctor check")
 
 def run_checks(context: Context, names: list[str] | None = None) -> list[Result]:
     """Every registered group (or those named), in registration order; a group that cannot run reports why."""
+    groups = [(name, CHECKS.get(name)) for name in names or CHECKS.names()]  # an unknown name stops here
     results: list[Result] = []
-    for name in names or CHECKS.names():
+    for name, group in groups:
         try:
-            results += CHECKS.get(name)(context)
+            results += group(context)
         except TunellmError as error:
             results.append(Result(name, "fail", str(error).split("\n")[0], details=str(error).split("\n")[1:]))
     return results
