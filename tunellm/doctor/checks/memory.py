@@ -89,9 +89,6 @@ def plan_for(
 
 def estimate_for_config(config: RunConfig, seq_len: int, raw: dict[str, Any] | None = None) -> MemoryEstimate:
     """The CPU peak of `config` at rows of `seq_len` tokens (bench/doctor_memory.py and its test use it)."""
-    from tunellm.doctor.base import Context
-    from tunellm.doctor.hardware import Hardware
-
     cpu = Hardware("cpu", "cpu", 0, 0)
     context = Context(config, cpu)
     shape = ModelShape.from_config(raw or context.model_config)
