@@ -77,6 +77,8 @@ def test_the_checks_cost_little_on_a_run_that_passes(keys, default_tokenizer):
     template = choose_template(config.data.train, config.data, default_tokenizer)
     rows = tokenized_training_set(config.data.train, config.data, default_tokenizer, template)
     started = time.perf_counter()
-    results = preflight(config, default_tokenizer, template, rows, say=lambda line: None)
+    lines: list[str] = []
+    results = preflight(config, default_tokenizer, template, rows, say=lines.append)
     assert time.perf_counter() - started < 2.0
     assert [r.status for r in results] == ["pass", "pass", "pass"]
+    assert len(lines) == 1 and lines[0].startswith("doctor: estimated peak") and "s per optimizer step" in lines[0]

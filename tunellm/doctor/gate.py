@@ -39,6 +39,8 @@ def preflight(
     longest, rows = longest_and_rows(dataset)
     context = Context(config, tokenizer=tokenizer, template=template, longest_row=longest or None, rows=rows)
     results = [check_eos(context), *check_memory(context)]
+    peak, time = results[1], results[2]
+    say(f"doctor: {peak.message}; {time.message.removeprefix('about ')}")
     for result in results:
         if result.status != "pass":
             say(f"doctor: {result.status}: {result.name}: {result.message}")
