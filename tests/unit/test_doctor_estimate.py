@@ -128,3 +128,15 @@ def test_settings_that_fit_are_offered_for_a_7b_run_on_a_24gb_gpu():
     full = Plan(method="full", weight_dtype="float32", batch=1, seq_len=512, device="cuda", gradient_checkpointing=True)
     fixes = suggestions(shape, full, gpu.memory, RunConfig())
     assert fixes and fixes[-1].startswith("8 such devices with ZeRO-3/FSDP sharding"), fixes
+
+
+def test_a_container_memory_limit_bounds_the_available_memory(tmp_path):
+    from tunellm.doctor.hardware import available_host_memory
+
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    unlimited = available_host_memory(tmp_path)
+    assert unlimited > 0
+    (tmp_path / "memory.max").write_text(f"{GIB}\n")
+    assert available_host_memory(tmp_path) == min(unlimited, GIB - 1000)
+    assert available_host_memory(tmp_path / "missing") == unlimited

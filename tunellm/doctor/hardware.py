@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunellm.errors import ConfigError
 from tunellm.registry import did_you_mean
@@ -77,16 +78,23 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_host_memory() -> float:
-    """MemAvailable of /proc/meminfo (what can be allocated without swapping), else total physical memory."""
+def available_host_memory(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping; else total physical memory), or
+    less where a cgroup v2 memory limit (a container's) leaves less."""
+    available = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     try:
         with open("/proc/meminfo", encoding="ascii") as file:
             for line in file:
                 if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
+                    available = float(line.split()[1]) * 1024
     except OSError:
         pass
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        used = float((cgroup / "memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    return available if limit == "max" else min(available, float(limit) - used)
 
 
 def detect() -> Hardware:
