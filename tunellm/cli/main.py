@@ -11,6 +11,7 @@ from tunellm.cli import (
     chat_cmd,
     config_cmd,
     data_cmd,
+    doctor_cmd,
     eval_cmd,
     merge_cmd,
     model_cmd,
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 # listed in the order of the data flow
 app.add_typer(data_cmd.app, name="data")
+app.command("doctor")(doctor_cmd.doctor)
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("chat")(chat_cmd.chat)

@@ -49,14 +49,19 @@ def train(
     output: str = typer.Option(None, "--output", help="run folder: train.output_dir"),
     model: str = typer.Option(None, "--model", help="model name or path: model.name_or_path"),
     force: bool = typer.Option(
-        False, "--force", help="resume even though the training data changed: train.resume_data_changed=restart_epoch"
+        False,
+        "--force",
+        help="train anyway: past pre-flight checks that say it will fail, and on resume with changed data"
+        " (train.resume_data_changed=restart_epoch)",
     ),
 ) -> None:
     """Fine-tune a model. Without a config file: LoRA on the embedded default model with default settings.
 
     Later wins: CONFIG.yaml, then the flags, then key=value.
 
-    Running the same command again resumes from the newest checkpoint in the output folder.
+    Running the same command again resumes from the newest checkpoint in the output folder. A run that will
+    certainly fail (a sure out-of-memory, an end-of-turn never generated) is refused before the weights load;
+    `tunellm doctor` says why and what would fit, and --force trains anyway.
     """
     path, overrides = split_config_and_overrides(args or [])
     forced = ["train.resume_data_changed=restart_epoch"] if force else []
@@ -64,4 +69,4 @@ def train(
     show_run_messages()
     from tunellm.train.run import train_from_config
 
-    train_from_config(config)
+    train_from_config(config, force=force)

@@ -18,6 +18,7 @@ from tunellm.config.schema import RunConfig
 from tunellm.data.prepare import choose_template, tokenized_training_set
 from tunellm.data.read import expand_paths
 from tunellm.data.sources import held_out_records
+from tunellm.doctor.gate import preflight
 from tunellm.errors import ConfigError, DataError, ModelError
 from tunellm.evaluate import check_best_metric, dev_scorer_for
 from tunellm.methods import METHODS
@@ -101,8 +102,11 @@ def prepare_data(config: RunConfig, tokenizer: Any, template: Any) -> tuple[Any,
     return train, None
 
 
-def train_from_config(config: RunConfig) -> FitResult:
-    """Train as `config` says and return fit's result; `config` itself is left unchanged."""
+def train_from_config(config: RunConfig, *, force: bool = False) -> FitResult:
+    """Train as `config` says and return fit's result; `config` itself is left unchanged.
+
+    Before the weights load, the doctor's fast checks refuse a run that will certainly fail (a sure
+    out-of-memory, an end-of-turn generation never stops on) unless `force`."""
     import transformers
 
     config = config.model_copy(deep=True)
@@ -112,6 +116,7 @@ def train_from_config(config: RunConfig) -> FitResult:
     template = choose_template(config.data.train, config.data, tokenizer, family_template)
     say(f"template: {template.name}")
     train, dev = prepare_data(config, tokenizer, template)
+    preflight(config, tokenizer, template, train, force=force, say=say)
     # chat, predict and eval read the template from the checkpoint's config.yaml: store the name, not `auto`
     config.data.template = template.name
     transformers.set_seed(config.train.seed)  # before loading and applying: the adapter's init draws from it
