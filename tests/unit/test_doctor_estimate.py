@@ -133,10 +133,12 @@ def test_settings_that_fit_are_offered_for_a_7b_run_on_a_24gb_gpu():
 def test_a_container_memory_limit_bounds_the_available_memory(tmp_path):
     from tunellm.doctor.hardware import available_host_memory
 
+    meminfo = tmp_path / "meminfo"  # a fixed host figure: the real MemAvailable moves between calls
+    meminfo.write_text("MemTotal:       8000000 kB\nMemAvailable:   4000000 kB\n")
     (tmp_path / "memory.max").write_text("max\n")
     (tmp_path / "memory.current").write_text("1000\n")
-    unlimited = available_host_memory(tmp_path)
-    assert unlimited > 0
+    unlimited = available_host_memory(tmp_path, meminfo)
+    assert unlimited == 4000000 * 1024
     (tmp_path / "memory.max").write_text(f"{GIB}\n")
-    assert available_host_memory(tmp_path) == min(unlimited, GIB - 1000)
-    assert available_host_memory(tmp_path / "missing") == unlimited
+    assert available_host_memory(tmp_path, meminfo) == min(unlimited, GIB - 1000)
+    assert available_host_memory(tmp_path / "missing", meminfo) == unlimited

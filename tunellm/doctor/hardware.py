@@ -78,12 +78,12 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_host_memory(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+def available_host_memory(cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")) -> float:
     """MemAvailable of /proc/meminfo (what can be allocated without swapping; else total physical memory), or
     less where a cgroup v2 memory limit (a container's) leaves less."""
     available = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     try:
-        with open("/proc/meminfo", encoding="ascii") as file:
+        with open(meminfo, encoding="ascii") as file:
             for line in file:
                 if line.startswith("MemAvailable:"):
                     available = float(line.split()[1]) * 1024
