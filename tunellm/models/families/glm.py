@@ -9,6 +9,7 @@ FAMILY = FAMILIES.register("glm")(
     Family(
         name="glm",
         model_types=("glm", "glm4"),
+        packs=True,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
         fallback_template="chatglm3",  # same turn markers; the released checkpoints all ship a template
         tiny_config=lambda: llama_style_tiny("glm", head_dim=16),

@@ -6,6 +6,7 @@ FAMILY = FAMILIES.register("llama")(
     Family(
         name="llama",
         model_types=("llama",),
+        packs=True,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         fallback_template="alpaca",  # the base checkpoints and most Chinese fine-tunes carry no chat template
         tiny_config=lambda: llama_style_tiny("llama"),
