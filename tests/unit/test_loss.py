@@ -47,7 +47,8 @@ def loss_and_grads(model, data, path, chunk=loss_module.CHUNK):
     model.zero_grad(set_to_none=True)
     summed, tokens = token_loss_sum(model, data, path, chunk)
     summed.backward()
-    return float(summed.detach()), tokens, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return float(summed.detach()), tokens, grads
 
 
 @pytest.mark.parametrize("tied", [False, True])
