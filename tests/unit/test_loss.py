@@ -112,6 +112,9 @@ def test_heads_that_are_not_a_plain_projection_keep_the_reference_path():
     assert "not a plain Linear" in chunk_blocker(get_peft_model(tiny(), lora_head))
     prefix = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
     assert "prompt learning" in chunk_blocker(get_peft_model(tiny(), prefix))
+    hooked = tiny()
+    hooked.lm_head.register_forward_hook(lambda module, args, output: output.float())
+    assert "forward hooks" in chunk_blocker(hooked)
     capped = tiny()
     capped.config.final_logit_softcapping = 30.0
     assert "final_logit_softcapping" in chunk_blocker(capped)

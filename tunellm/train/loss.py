@@ -61,6 +61,8 @@ def chunk_blocker(model: Any) -> str | None:
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if type(head) is not nn.Linear:
         return f"its output head is a {type(head).__name__}, not a plain Linear"
+    if head._forward_hooks or head._forward_pre_hooks:
+        return "its output head has forward hooks, which a direct projection would skip"
     if lm.base_model is lm:
         return "it has no separate body to take hidden states from"
     changers = [name for name in LOGIT_CHANGERS if getattr(lm.config, name, None) not in (None, 1, 1.0)]
