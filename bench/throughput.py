@@ -25,6 +25,7 @@ GPU (a device run; the wheels travel as bench/methods_memory.py describes; the 7
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import gzip
 import json
@@ -47,8 +48,9 @@ ALPACA = next(  # ../shared beside the checkout (a worktree sits one level deepe
     (p / "shared/data/alpaca/alpaca_data.json.gz" for p in ROOT.parents if (p / "shared/data/alpaca").is_dir()),
     ROOT.parent / "shared/data/alpaca/alpaca_data.json.gz",
 )
-MAIN_STACKS = ["trainer_padded", "trainer_grouped", "trainer_flatten", "tunellm_padded", "tunellm_packed"]
-MAIN_STACKS.append("tunellm_packed_reference")  # the same with train.loss=reference: what the chunked loss buys
+# peers and tunellm alternate; the last is tunellm packed with train.loss=reference: what the chunked loss buys
+MAIN_STACKS = ["trainer_padded", "tunellm_packed", "trainer_flatten", "tunellm_padded", "trainer_grouped"]
+MAIN_STACKS.append("tunellm_packed_reference")
 
 
 def prepare_rows(source: Path, count: int, cutoff: int, folder: Path) -> tuple[Path, float]:
@@ -121,7 +123,7 @@ def speed(result: dict, warmup: int) -> float | None:
 
 def report(rounds: list[list[dict]], rss: list[dict], args: argparse.Namespace, mean_len: float) -> dict:
     summary = {}
-    for stack in MAIN_STACKS:
+    for stack in args.stacks:
         results = [r for one in rounds for r in one if r["stack"] == stack]
         speeds = [s for s in (speed(r, args.warmup) for r in results) if s is not None]
         first = next((r for r in results if "steps" in r), {})
@@ -133,7 +135,7 @@ def report(rounds: list[list[dict]], rss: list[dict], args: argparse.Namespace, 
             "losses": [round(s["loss"], 4) for s in first.get("steps", [])[:20]],
             "errors": [r["error"] for r in results if "error" in r],
         }
-    base = summary["trainer_padded"]["tokens_per_s"]
+    base = summary.get("trainer_padded", {}).get("tokens_per_s")
     print(f"\n{args.rows} alpaca rows (mean {mean_len:.1f} tokens), {args.tokens_per_step} real tokens per step "
           f"(row-batched: {args.rows_per_step} rows), {args.steps} steps, first {args.warmup} untimed")  # fmt: skip
     print(f"{'stack':<18}{'real tok/s':>11}{'x predecessor':>15}{'tok/step':>10}{'peak RSS GiB':>14}")
@@ -154,6 +156,20 @@ def report(rounds: list[list[dict]], rss: list[dict], args: argparse.Namespace, 
     return summary
 
 
+def measure_rss(args: argparse.Namespace, rows: Path, mean_len: float) -> list[dict]:
+    """One step of the flattening peer and of tunellm packed at `--rss-tokens` tokens, checkpointing on; side by
+    side with --rss-parallel (peaks are per process, so only the time is shared)."""
+    per_step = max(1, round(args.rss_tokens / mean_len))
+    big = {"steps": 1, "rows_per_step": per_step, "tokens_per_step": args.rss_tokens, "checkpointing": 1}
+    stacks = ("trainer_flatten", "tunellm_packed")
+    with concurrent.futures.ThreadPoolExecutor(2 if args.rss_parallel else 1) as pool:
+        results = list(pool.map(lambda stack: run_child(stack, args, rows, **big), stacks))
+    for result in results:
+        print(f"{result['stack']} at {args.rss_tokens} tokens: peak RSS {result.get('peak_rss_gib', 0):.2f} GiB "
+              f"{result.get('error', '')}", flush=True)  # fmt: skip
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -166,7 +182,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--stacks", default=",".join(MAIN_STACKS), help="comma-separated, in order; none: only RSS")
     parser.add_argument("--rss-tokens", type=int, default=8192)
+    parser.add_argument("--rss-parallel", action="store_true", help="run the two RSS steps side by side")
     parser.add_argument("--rss-limit-gib", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -180,21 +198,19 @@ def main() -> None:
             build_model(args.shape, Path(args.model_dir))
     rows, mean_len = prepare_rows(args.data, args.rows, args.cutoff, folder)
     args.rows_per_step = max(1, round(args.tokens_per_step / mean_len))
+    args.stacks = [] if args.stacks == "none" else args.stacks.split(",")
     rounds = []
-    for index in range(args.rounds):
-        order = MAIN_STACKS if index % 2 == 0 else MAIN_STACKS[::-1]
+    for index in range(args.rounds if args.stacks else 0):
+        order = args.stacks if index % 2 == 0 else args.stacks[::-1]
         rounds.append([])
         for stack in order:
             result = run_child(stack, args, rows)
-            print(f"round {index + 1} {stack}: {speed(result, args.warmup) or 0:.1f} tok/s "
-                  f"{result.get('error', '')}", flush=True)  # fmt: skip
+            losses = " ".join(f"{step['loss']:.3f}" for step in result.get("steps", []))
+            print(f"round {index + 1} {stack}: {speed(result, args.warmup) or 0:.1f} real tok/s, peak RSS "
+                  f"{result.get('peak_rss_gib', 0):.2f} GiB, losses {losses} {result.get('error', '')}",
+                  flush=True)  # fmt: skip
             rounds[-1].append(result)
-    rss = []
-    if args.rss_tokens:
-        per_step = max(1, round(args.rss_tokens / mean_len))
-        for stack in ("trainer_flatten", "tunellm_packed"):
-            big = {"steps": 1, "rows_per_step": per_step, "tokens_per_step": args.rss_tokens, "checkpointing": 1}
-            rss.append(run_child(stack, args, rows, **big))
+    rss = measure_rss(args, rows, mean_len) if args.rss_tokens else []
     summary = report(rounds, rss, args, mean_len)
     if args.json:
         record = {
