@@ -115,9 +115,10 @@ def rss_gib(pid: int) -> float:
     return 0.0
 
 
-def speed(result: dict, warmup: int) -> float | None:
+def speed(result: dict, warmup: int, clock: str = "seconds") -> float | None:
+    """Real tokens per second of `clock`: wall (seconds) or the process's CPU time (cpu_seconds)."""
     timed = result.get("steps", [])[warmup:]
-    seconds = sum(step["seconds"] for step in timed)
+    seconds = sum(step[clock] for step in timed)
     return sum(step["tokens"] for step in timed) / seconds if seconds > 0 else None
 
 
@@ -129,6 +130,9 @@ def report(rounds: list[list[dict]], rss: list[dict], args: argparse.Namespace, 
         first = next((r for r in results if "steps" in r), {})
         summary[stack] = {
             "tokens_per_s": statistics.median(speeds) if speeds else None,
+            "tokens_per_cpu_s": statistics.median(
+                [s for s in (speed(r, args.warmup, "cpu_seconds") for r in results) if s is not None] or [0]
+            ),
             "tokens_per_s_each_round": [round(s, 1) for s in speeds],
             "real_tokens_per_step": statistics.mean(s["tokens"] for s in first["steps"]) if first else None,
             "peak_rss_gib": max((r.get("peak_rss_gib", 0) for r in results), default=None),
@@ -138,12 +142,15 @@ def report(rounds: list[list[dict]], rss: list[dict], args: argparse.Namespace, 
     base = summary.get("trainer_padded", {}).get("tokens_per_s")
     print(f"\n{args.rows} alpaca rows (mean {mean_len:.1f} tokens), {args.tokens_per_step} real tokens per step "
           f"(row-batched: {args.rows_per_step} rows), {args.steps} steps, first {args.warmup} untimed")  # fmt: skip
-    print(f"{'stack':<18}{'real tok/s':>11}{'x predecessor':>15}{'tok/step':>10}{'peak RSS GiB':>14}")
+    cpu_base = summary.get("trainer_padded", {}).get("tokens_per_cpu_s")
+    print(f"{'stack':<26}{'tok/s':>8}{'x pred.':>9}{'tok/CPU-s':>11}{'x pred.':>9}{'tok/step':>9}{'RSS GiB':>9}")
     for stack, row in summary.items():
-        value = row["tokens_per_s"]
+        value, cpu = row["tokens_per_s"], row["tokens_per_cpu_s"]
         ratio = f"{value / base:.2f}x" if value and base else "-"
-        print(f"{stack:<18}{value or 0:>11.1f}{ratio:>15}{row['real_tokens_per_step'] or 0:>10.0f}"
-              f"{row['peak_rss_gib'] or 0:>14.2f}  {'; '.join(row['errors'])}")  # fmt: skip
+        cpu_ratio = f"{cpu / cpu_base:.2f}x" if cpu and cpu_base else "-"
+        errors = "; ".join(row["errors"])
+        print(f"{stack:<26}{value or 0:>8.1f}{ratio:>9}{cpu or 0:>11.1f}{cpu_ratio:>9}"
+              f"{row['real_tokens_per_step'] or 0:>9.0f}{row['peak_rss_gib'] or 0:>9.2f}  {errors}")  # fmt: skip
     print("\nfirst-step losses:")
     for stack, row in summary.items():
         print(f"  {stack:<18}" + " ".join(f"{loss:.3f}" for loss in row["losses"]))
@@ -206,7 +213,8 @@ def main() -> None:
         for stack in order:
             result = run_child(stack, args, rows)
             losses = " ".join(f"{step['loss']:.3f}" for step in result.get("steps", []))
-            print(f"round {index + 1} {stack}: {speed(result, args.warmup) or 0:.1f} real tok/s, peak RSS "
+            print(f"round {index + 1} {stack}: {speed(result, args.warmup) or 0:.1f} real tok/s, "
+                  f"{speed(result, args.warmup, 'cpu_seconds') or 0:.1f} per CPU-s, peak RSS "
                   f"{result.get('peak_rss_gib', 0):.2f} GiB, losses {losses} {result.get('error', '')}",
                   flush=True)  # fmt: skip
             rounds[-1].append(result)
