@@ -76,6 +76,7 @@ def train_config(tmp_path: Path, **changes) -> TrainConfig:
         "learning_rate": 1e-2,
         "report_to": [],
         "resume": "never",
+        "batching": "padded",  # these tests count rows per micro-batch; test_pack.py covers packed batches
     }
     return TrainConfig(**(base | changes))
 

@@ -141,6 +141,19 @@ class TrainConfig(Section):
     eval_steps: int = Field(100, gt=0, description="evaluate on the dev set every N optimizer steps")
     save_total_limit: int | None = Field(2, gt=0, description="keep at most N checkpoints (the best is always kept)")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    batching: Literal["packed", "padded"] = Field(
+        "packed",
+        description="packed: rows concatenated into token-budget batches, attention kept within each row (no "
+        "padding; falls back to padded where the model cannot pack); padded: rows padded to the longest in a batch",
+    )
+    tokens_per_batch: int | None = Field(
+        None, gt=0, description="packed: tokens per micro-batch; empty: per_device_train_batch_size x data.cutoff_len"
+    )
+    loss: Literal["chunked", "reference"] = Field(
+        "chunked",
+        description="chunked: project only trained positions to the vocabulary, in recomputed chunks (less memory "
+        "and compute); reference: full logits of every position",
+    )
     resume: str = Field(
         "auto",
         description="auto: continue from the newest complete checkpoint in output_dir; never: start fresh "

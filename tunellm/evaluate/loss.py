@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tunellm.data.record import Conversation
 from tunellm.data.templates import Template
-from tunellm.data.tokenize import IGNORE_INDEX, TokenizeOptions, tokenize_conversations
+from tunellm.data.tokenize import TokenizeOptions, tokenize_conversations
 from tunellm.infer.generate import model_device
 from tunellm.train.loop import collate
+from tunellm.train.loss import LossPath, row_loss_sums
 
 
 def tokenized_rows(
@@ -46,6 +46,7 @@ def row_losses(
     options: TokenizeOptions | None = None,
     *,
     batch_size: int = 8,
+    loss: LossPath = "chunked",
 ) -> list[tuple[float, int]]:
     """(summed token loss, trained tokens) per conversation; (0.0, 0) where nothing is trained."""
     samples = tokenized_rows(conversations, tokenizer, template, options or TokenizeOptions())
@@ -56,11 +57,7 @@ def row_losses(
     for start in range(0, len(present), batch_size):
         chosen = present[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([samples[i] for i in chosen], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        targets = batch["labels"][:, 1:]
-        losses = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-        ).view(targets.shape)
+        sums, tokens = row_loss_sums(model, batch, loss)
         for row, index in enumerate(chosen):
-            result[index] = (float(losses[row].sum()), int((targets[row] != IGNORE_INDEX).sum()))
+            result[index] = (float(sums[row]), int(tokens[row]))
     return result

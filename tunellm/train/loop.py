@@ -8,21 +8,21 @@ batch's, whatever the row lengths and padding.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from tunellm.config.schema import RunConfig, TrainConfig
+from tunellm.data.pack import collate, real_tokens
 from tunellm.errors import ConfigError, DataError
 from tunellm.methods import enable_activation_checkpointing
+from tunellm.train.batching import Batcher, make_batcher
 from tunellm.train.checkpoint import (
     config_changes,
     find_resume,
@@ -36,13 +36,15 @@ from tunellm.train.checkpoint import (
 )
 from tunellm.train.guard import BadStepGuard, skip_batches, skip_step, step_is_finite
 from tunellm.train.log import RunLog, check_report_to
+from tunellm.train.loss import IGNORE, LossPath, token_loss_sum, trained_tokens
 from tunellm.train.optim import StepPlan, build_scheduler, method_optimizer
-from tunellm.train.state import TrainState, check_resume_data, data_key, epoch_order, restore_rng
+from tunellm.train.state import TrainState, check_resume_data, data_key, restore_rng
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 FORCE_KEY = "train.resume_data_changed"  # set for one resume, not a change of the run's config
+
+__all__ = ["IGNORE", "FitResult", "collate", "fit", "token_loss_sum", "trained_tokens"]
 
 
 @dataclass
@@ -53,32 +55,6 @@ class FitResult:
     last_checkpoint: Path | None
     best_checkpoint: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row: pad id in input_ids, -100 in labels, 0 in the attention mask."""
-    longest = max(len(row["input_ids"]) for row in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row["input_ids"])
-        input_ids[i, :n] = torch.as_tensor(row["input_ids"], dtype=torch.long)
-        labels[i, :n] = torch.as_tensor(row["labels"], dtype=torch.long)
-        mask[i, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
-
-
-def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens that carry loss: the first position predicts nothing (labels are shifted inside the loss)."""
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
-
-
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy summed over trained tokens, in float32 whatever the autocast dtype."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -93,7 +69,7 @@ def _sum_over_processes(accelerator: Any, value: float) -> float:
 
 
 def accumulate_gradients(
-    accelerator: Any, model: Any, batches: list[dict[str, torch.Tensor]]
+    accelerator: Any, model: Any, batches: list[dict[str, torch.Tensor]], loss: LossPath = "chunked"
 ) -> tuple[torch.Tensor, int]:
     """Backward over one optimizer step's micro-batches; return (summed token loss, trained tokens), all processes."""
     tokens = int(_sum_over_processes(accelerator, sum(trained_tokens(b) for b in batches)))
@@ -103,16 +79,19 @@ def accumulate_gradients(
     for i, batch in enumerate(batches):
         sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model)
         with sync:
-            loss = token_loss_sum(model, _to(batch, accelerator.device))
-            accelerator.backward(loss * scale)
-        loss_sum += loss.detach()
+            with accelerator.autocast():  # the chunked loss calls the model's body, under the wrapper's autocast
+                summed = token_loss_sum(model, _to(batch, accelerator.device), loss)[0]
+            accelerator.backward(summed * scale)
+        loss_sum += summed.detach()
     if accelerator.num_processes > 1:
         loss_sum = accelerator.reduce(loss_sum, "sum")
     return loss_sum, tokens
 
 
 @torch.no_grad()
-def evaluate(accelerator: Any, model: Any, data: Any, batch_size: int, pad_id: int) -> dict[str, float]:
+def evaluate(
+    accelerator: Any, model: Any, data: Any, batch_size: int, pad_id: int, loss: LossPath = "chunked"
+) -> dict[str, float]:
     """Dev-set loss as the mean over all trained tokens (not a mean of batch means)."""
     was_training = model.training
     model.eval()
@@ -120,8 +99,10 @@ def evaluate(accelerator: Any, model: Any, data: Any, batch_size: int, pad_id: i
     step = batch_size * accelerator.num_processes
     for start in range(accelerator.process_index * batch_size, len(data), step):
         batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))], pad_id)
-        totals[0] += token_loss_sum(model, _to(batch, accelerator.device))
-        totals[1] += trained_tokens(batch)
+        with accelerator.autocast():
+            summed, tokens = token_loss_sum(model, _to(batch, accelerator.device), loss)
+        totals[0] += summed
+        totals[1] += tokens
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, "sum")
     model.train(was_training)
@@ -184,7 +165,7 @@ def _optimizer_step(
 ) -> tuple[torch.Tensor, int, torch.Tensor | None, float, bool]:
     """One optimizer step; returns (summed token loss, trained tokens, grad norm before clipping, lr it ran with,
     whether it stepped: a non-finite loss or gradient skips it, see guard.py)."""
-    loss_sum, tokens = accumulate_gradients(accelerator, model, batches)
+    loss_sum, tokens = accumulate_gradients(accelerator, model, batches, cfg.loss)
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
     lr = optimizer.param_groups[0]["lr"]
@@ -209,6 +190,7 @@ def fit(
     method: Any | None = None,
     show_progress: bool = True,
     dev_scorer: Callable[[Any], dict[str, float]] | None = None,
+    batcher: Batcher | None = None,
 ) -> FitResult:
     """Train `model` (a peft model or any PreTrainedModel) on `train_data` rows {input_ids, labels}.
 
@@ -216,6 +198,7 @@ def fit(
         `save_steps`, at each new best and at the end. `method` (a METHODS plug-in) saves and restores what it trained
     and may shape the optimizer; without it the model's own save_pretrained is used.
         `dev_scorer(model)` adds task metrics (generated on dev rows) to each evaluation, for `best_metric`.
+        `batcher` forms the micro-batches (default: the one `train.batching` names, see `train/batching.py`).
     """
     cfg = config.train if isinstance(config, RunConfig) else config
     resolved = (
@@ -232,7 +215,9 @@ def fit(
         enable_activation_checkpointing(model)
     optimizer = method_optimizer(model, config, method)
     model, optimizer = accelerator.prepare(model, optimizer)
-    plan = StepPlan.make(cfg, len(train_data), accelerator.num_processes)
+    pad_id, rank, world = pad_token_id(tokenizer), accelerator.process_index, accelerator.num_processes
+    batcher = batcher or make_batcher(config, accelerator.unwrap_model(model), train_data, pad_id, rank, world)
+    plan = StepPlan.make(cfg, lambda epoch: len(batcher.epoch(epoch)))
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     key = data_key(train_data)
     state, rng = TrainState(data_key=key), None
@@ -261,11 +246,7 @@ def fit(
         enabled=accelerator.is_main_process,
     ) as runlog:
         saving = {**parts, "tokenizer": tokenizer, "config": resolved}
-        pad_id, rank, world = pad_token_id(tokenizer), accelerator.process_index, accelerator.num_processes
         pending = torch.tensor(state.pending_loss, dtype=torch.float64, device=accelerator.device)
-        order_of = functools.lru_cache(maxsize=1)(
-            lambda epoch: epoch_order(len(train_data), cfg.per_device_train_batch_size, cfg.seed, epoch, rank, world)
-        )
         model.train()
         if rng is not None:
             restore_rng(rng)  # last, so nothing above draws from the restored generators
@@ -273,9 +254,9 @@ def fit(
         window_started, window_tokens = time.monotonic(), 0
         guard = BadStepGuard(cfg.max_bad_steps)
         while state.global_step < plan.total_steps:
-            order = order_of(state.epoch)
+            order = batcher.epoch(state.epoch)
             micro = order[state.batch_in_epoch : state.batch_in_epoch + cfg.gradient_accumulation_steps]
-            batches = [collate([train_data[i] for i in rows], pad_id) for rows in micro]
+            batches = [batcher.collate([train_data[i] for i in rows]) for rows in micro]
             loss_sum, tokens, grad_norm, lr, stepped = _optimizer_step(
                 accelerator, model, optimizer, scheduler, batches, cfg
             )
@@ -290,7 +271,7 @@ def fit(
             step, last = state.global_step, state.global_step == plan.total_steps
             pending += loss_sum
             state.pending_tokens += tokens
-            window_tokens += world * sum(int(b["attention_mask"].sum()) for b in batches)
+            window_tokens += world * sum(real_tokens(b) for b in batches)
             state.elapsed = time.monotonic() - started
             runlog.advance(step, epoch)
 
@@ -311,7 +292,7 @@ def fit(
                 state.pending_tokens, window_started, window_tokens = 0, now, 0
             improved = evaluated = False
             if dev_data is not None and len(dev_data) > 0 and (step % cfg.eval_steps == 0 or last):
-                metrics = evaluate(accelerator, model, dev_data, cfg.per_device_eval_batch_size, pad_id)
+                metrics = evaluate(accelerator, model, dev_data, cfg.per_device_eval_batch_size, pad_id, cfg.loss)
                 if dev_scorer is not None:
                     with accelerator.autocast():
                         metrics.update(dev_scorer(accelerator.unwrap_model(model)))

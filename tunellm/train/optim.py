@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,16 +63,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Micro-batches per epoch (per process) and optimizer steps; an epoch's last step may take fewer micro-batches."""
+    """Micro-batches of the first epoch (per process) and optimizer steps; an epoch's last step may take fewer
+    micro-batches. Packed epochs may differ in micro-batches, so a partial last epoch counts its own."""
 
     micro_batches_per_epoch: int
     steps_per_epoch: int
     total_steps: int
 
     @classmethod
-    def make(cls, config: TrainConfig, rows: int, processes: int = 1) -> StepPlan:
-        per_process = math.ceil(rows / processes)
-        micro = math.ceil(per_process / config.per_device_train_batch_size)
-        per_epoch = math.ceil(micro / config.gradient_accumulation_steps)
-        total = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * per_epoch)
-        return cls(micro, per_epoch, max(total, 1))
+    def make(cls, config: TrainConfig, micro_batches: Callable[[int], int]) -> StepPlan:
+        """`micro_batches(epoch)`: this process's micro-batches in that epoch."""
+
+        def steps(epoch: int) -> int:
+            return math.ceil(micro_batches(epoch) / config.gradient_accumulation_steps)
+
+        if config.max_steps > 0:
+            total = config.max_steps
+        else:
+            whole = int(config.num_train_epochs)
+            total = sum(steps(epoch) for epoch in range(whole))
+            if config.num_train_epochs > whole:
+                total += math.ceil((config.num_train_epochs - whole) * steps(whole))
+        return cls(micro_batches(0), steps(0), max(total, 1))

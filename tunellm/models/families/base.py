@@ -87,6 +87,7 @@ class Family:
     template: str | TemplateChooser = "auto"
     fallback_template: str = "alpaca"
     needs_remote_code: bool = False
+    packs: bool = False  # its transformers attention derives a block-diagonal mask from packed position ids
     fix_tokens: Callable[[Any, Any], None] = pad_from_eos
     tiny_config: Callable[[], dict[str, Any]] | None = None
     checkpoints: tuple[str, ...] = ()

@@ -23,6 +23,7 @@ FAMILY = FAMILIES.register("glm")(
     Family(
         name="glm",
         model_types=("glm", "glm4"),
+        packs=True,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
         template=choose_template,
         fallback_template=FALLBACK,

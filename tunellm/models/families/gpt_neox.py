@@ -6,6 +6,7 @@ FAMILY = FAMILIES.register("gpt_neox")(
     Family(
         name="gpt_neox",
         model_types=("gpt_neox",),
+        packs=True,
         lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
         fallback_template="alpaca",
         tiny_config=lambda: {

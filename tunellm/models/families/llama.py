@@ -19,6 +19,7 @@ FAMILY = FAMILIES.register("llama")(
     Family(
         name="llama",
         model_types=("llama",),
+        packs=True,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         template=choose_template,
         fallback_template=FALLBACK,

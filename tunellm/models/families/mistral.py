@@ -6,6 +6,7 @@ FAMILY = FAMILIES.register("mistral")(
     Family(
         name="mistral",
         model_types=("mistral",),
+        packs=True,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         fallback_template="llama2",
         tiny_config=lambda: llama_style_tiny("mistral", sliding_window=None),

@@ -6,6 +6,7 @@ FAMILY = FAMILIES.register("qwen")(
     Family(
         name="qwen",
         model_types=("qwen2", "qwen3"),
+        packs=True,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         fallback_template="chatml",
         tiny_config=lambda: llama_style_tiny("qwen2"),
