@@ -7,7 +7,17 @@ import logging
 import typer
 
 from tunellm import __version__
-from tunellm.cli import chat_cmd, config_cmd, data_cmd, eval_cmd, merge_cmd, model_cmd, predict_cmd, train_cmd
+from tunellm.cli import (
+    chat_cmd,
+    config_cmd,
+    data_cmd,
+    eval_cmd,
+    merge_cmd,
+    model_cmd,
+    predict_cmd,
+    train_cmd,
+    ui_cmd,
+)
 from tunellm.cli.errors import run_with_clean_errors
 
 app = typer.Typer(
@@ -23,6 +33,7 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("chat")(chat_cmd.chat)
 app.command("predict")(predict_cmd.predict)
 app.command("merge")(merge_cmd.merge)
+app.command("ui")(ui_cmd.ui)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(model_cmd.app, name="model")
 
