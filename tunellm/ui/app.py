@@ -71,5 +71,6 @@ def launch(
         share=False,
         show_error=True,
         footer_links=[],
+        run_history=False,  # gradio would keep every input and output (labelled data too) in localStorage
     )
     return demo

@@ -152,7 +152,6 @@ def form_updates(fmt: str, record: Record | None) -> list[Any]:
 def build(page: LabelPage, demo: Any) -> None:
     """The page's components and events, inside the open gradio Blocks `demo`."""
     tab = gr.State(Tab())
-    last_file = gr.BrowserState("", storage_key="tunellm-label-file")
     with gr.Row():
         files = gr.Dropdown(
             data_files(page.root), label="Data file (under the root folder)", allow_custom_value=True, scale=4
@@ -219,14 +218,18 @@ def build(page: LabelPage, demo: Any) -> None:
         tab_value, table_rows, place = page.table(tab_value, "", "all")
         return [tab_value, table_rows, place, note, path, *show(tab_value, None)]
 
-    open_button.click(do_open, [tab, files, fmt], [*listing, opened, last_file, *shown_record])
+    # the file a browser had open is kept in its localStorage (a path, nothing more), so a reload reopens it
+    remember = "(path) => { if (path) localStorage.setItem('tunellm-label-file', path); }"
+    open_event = open_button.click(do_open, [tab, files, fmt], [*listing, opened, files, *shown_record])
+    open_event.then(None, files, None, js=remember)
 
-    def reopen(tab_value, remembered):
+    def reopen(tab_value, remembered):  # gradio 6.31's BrowserState reaches load events empty, hence plain JS
         if not remembered:
             return [tab_value, gr.skip(), gr.skip(), "", gr.skip(), *show(tab_value, None)]
         return do_open(tab_value, remembered, "auto")
 
-    demo.load(reopen, [tab, last_file], [*listing, opened, files, *shown_record])
+    recall = "(tab, path) => [tab, localStorage.getItem('tunellm-label-file') || '']"
+    demo.load(reopen, [tab, files], [*listing, opened, files, *shown_record], js=recall)
 
     def move(tab_value, text, status, step):
         if step > 0 and len(tab_value.ids) == PAGE:
