@@ -118,3 +118,21 @@ def test_resume_reruns_the_same_command(tmp_path):
     assert wait_until(lambda: jobs.read(folder).state == "finished")
     train.resume(folder)
     assert wait_until(lambda: jobs.read(folder).state == "finished" and marker.read_text() == "2")
+
+
+@pytest.mark.slow  # a `tunellm eval` subprocess: about 15 s on an idle 2-core machine
+def test_the_evaluate_page_runs_tunellm_eval_compare_and_shows_its_table_and_chart(root, tiny_lora_checkpoint):
+    import shutil
+
+    runs = root / "runs"
+    shutil.copytree(tiny_lora_checkpoint, runs / "run" / "step-2")
+    rows = [
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+        {"instruction": "Say yo", "input": "", "output": "yo"},
+    ]
+    (root / "data" / "eval.json").write_text(json.dumps(rows))
+    folder = evaluate.start("data/eval.json", "run", root, runs, max_rows=2, max_new_tokens=4)
+    assert wait_until(lambda: not jobs.read(folder).running, timeout=240)
+    view = evaluate.view(folder)
+    assert view.state == "finished", view.log
+    assert "base" in view.table and view.chart is not None and view.chart.stat().st_size > 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunellm.ui import chat, evaluate, label, train
+from tunellm.ui import chat, evaluate, label, label_view, train, train_view
 from tunellm.ui.paths import data_files
 from tunellm.ui.store import LabelStore
 
@@ -44,9 +44,9 @@ def build_app(settings: Settings) -> Any:
             with gr.Tab("Chat", id="chat"):
                 chat.build(models)
             with gr.Tab("Label", id="label"):
-                label.build(label.LabelPage(store, root), demo)
+                label_view.LabelView(label.LabelPage(store, root), demo)
             with gr.Tab("Train", id="train"):
-                train.build(root, runs, choose_files, demo)
+                train_view.TrainView(root, runs, choose_files, demo)
             with gr.Tab("Evaluate", id="evaluate"):
                 evaluate.build(root, runs, lambda: train.list_runs(runs), choose_files)
     return demo

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'new', deleted INTEGER NOT NULL DEFAULT 0,
     version INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS records_page ON records (dataset, position);
+CREATE INDEX IF NOT EXISTS records_count ON records (dataset, deleted, status);
 CREATE TABLE IF NOT EXISTS changes (
     id INTEGER PRIMARY KEY, dataset INTEGER NOT NULL, record INTEGER NOT NULL, session TEXT NOT NULL,
     kind TEXT NOT NULL, before TEXT, after_version INTEGER NOT NULL, undone INTEGER NOT NULL DEFAULT 0);
