@@ -170,8 +170,8 @@ class LabelView:
         try:
             tab, record, note = self.page.save(tab, Form(*values), overwrite)
         except Conflict as error:
-            theirs = form_from_row(tab.format, error.current.data)
-            detail = "; ".join(f"{box}: {getattr(theirs, box)!r}" for box in FORM_BOXES if getattr(theirs, box))
+            data = error.current.data
+            detail = "; ".join(f"{key}: {data.get(key)!r}" for key in error.fields or list(data))
             tab.version = error.current.version  # "keep mine" saves over the version just shown
             note = f"**Conflict:** {error}. Theirs: {detail[:600]}. Your text is still in the form."
             return self._unchanged(tab, note, conflict=True)
