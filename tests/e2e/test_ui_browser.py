@@ -291,3 +291,21 @@ def test_train_four_steps_from_the_train_page(browser, app, screens):
     page.get_by_role("tab", name="Train").click()
     wait_text(page, "#train-state", "browser-run: finished", timeout=30)
     page.close()
+
+
+def test_evaluate_the_run_against_its_base(browser, app, screens):
+    page = open_tab(browser, app, "Evaluate")
+    for label, value in (("Data file to score", DATA), ("Run (its best checkpoint vs its base model)", "browser-run")):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+    page.get_by_label("Rows (0: all)").fill("2")
+    page.get_by_label("Max new tokens (0: the run's eval.max_new_tokens)").fill("4")
+    page.click("#eval-start")
+    wait_text(page, "#eval-state", "evaluation: running", timeout=30)
+    wait_text(page, "#eval-state", "evaluation: finished", timeout=150)
+    wait_text(page, "#eval-table", "base")
+    page.wait_for_selector("#eval-chart img", timeout=30_000)
+    screens(page, "evaluate")
+    page.close()
+    assert (app["root"] / "runs" / "browser-run" / "ui-eval" / "metrics.md").is_file()  # what `tunellm eval -o` wrote

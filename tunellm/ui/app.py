@@ -48,7 +48,7 @@ def build_app(settings: Settings) -> Any:
             with gr.Tab("Train", id="train"):
                 train_view.TrainView(root, runs, choose_files, demo)
             with gr.Tab("Evaluate", id="evaluate"):
-                evaluate.build(root, runs, lambda: train.list_runs(runs), choose_files)
+                evaluate.build(root, runs, lambda: train.list_runs(runs), choose_files, demo)
     return demo
 
 

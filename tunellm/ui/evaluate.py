@@ -60,13 +60,21 @@ def view(folder: Path) -> EvalView:
     return EvalView(state.state, table, chart, jobs.log_tail(folder))
 
 
-def build(root: Path, runs: Path, list_runs: Any, choose_files: Any) -> None:
+def build(root: Path, runs: Path, list_runs: Any, choose_files: Any, demo: Any) -> None:
     """The page's components and events, inside an open gradio Blocks."""
     import gradio as gr
 
     with gr.Row():
-        data = gr.Dropdown(choose_files(), label="Data file to score", allow_custom_value=True, scale=3)
-        run = gr.Dropdown(list_runs(), label="Run (its best checkpoint vs its base model)", scale=3)
+        data = gr.Dropdown(
+            choose_files(), label="Data file to score", allow_custom_value=True, scale=3, elem_id="eval-data"
+        )
+        run = gr.Dropdown(
+            list_runs(),
+            label="Run (its best checkpoint vs its base model)",
+            scale=3,
+            elem_id="eval-run",
+            allow_custom_value=True,
+        )
         refresh = gr.Button("Rescan", scale=0)
     with gr.Row():
         max_rows = gr.Number(20, precision=0, label="Rows (0: all)")
@@ -105,4 +113,6 @@ def build(root: Path, runs: Path, list_runs: Any, choose_files: Any) -> None:
     go.click(begin, [data, run, max_rows, max_new], outputs)
     timer.tick(show, run, outputs)
     run.change(show, run, outputs)
-    refresh.click(lambda: (gr.update(choices=choose_files()), gr.update(choices=list_runs())), None, [data, run])
+    rescan = lambda: (gr.update(choices=choose_files()), gr.update(choices=list_runs()))  # noqa: E731
+    refresh.click(rescan, None, [data, run])
+    demo.load(rescan, None, [data, run])
