@@ -167,6 +167,14 @@ def test_chat_with_the_default_model(browser, app, screens):
     )
     wait_text(page, "#chat-left", "capital of France")
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.trim() === ''", timeout=60_000)
+    page.get_by_label("Side by side (both answer each prompt)").check()
+    page.fill("#chat-message textarea", "And of Italy?")
+    page.press("#chat-message textarea", "Enter")
+    wait_text(page, "#chat-right", "And of Italy?")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.trim() === ''", timeout=60_000)
+    bots = page.locator('#chat-right [data-testid="bot"]')
+    assert bots.count() == 1 and bots.first.inner_text().strip()  # the second model answered the new prompt
+    assert page.locator('#chat-left [data-testid="bot"]').count() == 2  # the first model, its second turn
     screens(page, "chat")
     page.close()
 

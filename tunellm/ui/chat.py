@@ -67,6 +67,8 @@ class Models:
         self.lock = threading.RLock()  # loading "base of X" loads X first
 
     def get(self, choice: str, left: str | None = None) -> InferenceModel:
+        if choice == BASE_OF and left in (None, BASE):
+            choice = BASE  # the base model beside itself: one copy
         key = (choice, left or "") if choice == BASE_OF else (choice, "")
         with self.lock:
             if key not in self.loaded:
@@ -77,7 +79,7 @@ class Models:
             return self.loaded[key]
 
     def _load(self, choice: str, left: str | None) -> InferenceModel:
-        if choice == BASE or (choice == BASE_OF and left in (None, BASE)):
+        if choice == BASE:
             return load_for_inference(None, device=self.device)
         if choice == BASE_OF:
             checkpoint = resolve_checkpoint(inside(self.runs, str(left)))
