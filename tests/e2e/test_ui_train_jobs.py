@@ -25,8 +25,9 @@ def wait_until(predicate, timeout=240.0):
 
 
 def test_check_start_stop_resume_from_the_train_page(tmp_path, tiny_llama_dir, alpaca_file):
-    root, runs = tmp_path, tmp_path / "runs"
-    form = TrainForm([alpaca_file.name], model=str(tiny_llama_dir), run="page-run", max_steps=12, batch_size=2)
+    root, runs = tiny_llama_dir.parent, tmp_path / "runs"  # the root holds the data and the model (pytest's tmp)
+    data = str(alpaca_file.relative_to(root))
+    form = TrainForm([data], model=str(tiny_llama_dir), run="page-run", max_steps=12, batch_size=2)
     form.cutoff_len, form.eval_steps = 64, 4
     form.extra = "train.logging_steps=1\ntrain.report_to=none\ntrain.learning_rate=1e-3"
     stats = train.data_stats(form, root, tmp_path / "lengths.png")

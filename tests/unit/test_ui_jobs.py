@@ -38,6 +38,11 @@ def test_the_train_command_is_tunellm_train_with_the_forms_keys(root):
     assert {"method.name=lora", "train.max_steps=4", "data.cutoff_len=64", "method.r=8"} <= set(command)
     assert command[-2:] == ["train.logging_steps=1", "data.template=chatml"]
     assert train.total_steps(command) == 4
+    (root / "models" / "tiny").mkdir(parents=True)
+    for model, passed in (("models/tiny", str((root / "models" / "tiny").resolve())), ("org/hub-name", "org/hub-name")):
+        form.model = model
+        command = train.train_command(form, root, root / "runs")[1]
+        assert command[command.index("--model") + 1] == passed
 
 
 @pytest.mark.parametrize(
@@ -49,6 +54,8 @@ def test_the_train_command_is_tunellm_train_with_the_forms_keys(root):
         ({"train": []}, "at least one"),
         ({"extra": "no equals sign"}, "key=value"),
         ({"method": "lorax"}, "unknown method"),
+        ({"model": "/opt/models/secret"}, "outside"),
+        ({"model": "../models/x"}, "outside"),
     ],
 )
 def test_bad_train_forms_are_refused(root, change, message):

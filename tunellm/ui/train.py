@@ -60,6 +60,14 @@ def overrides(form: TrainForm) -> list[str]:
     return keys
 
 
+def model_argument(root: Path, text: str) -> str:
+    """A model given as a path must lie under the root (as every file the page touches); a hub name passes."""
+    name = text.strip()
+    if name.startswith(("/", "~", ".")) or (Path(root) / name).exists():
+        return str(inside(root, name))
+    return name
+
+
 def train_command(form: TrainForm, root: Path, runs: Path) -> tuple[Path, list[str]]:
     """The run folder and the `tunellm train` command for the form; data paths must lie under the root."""
     if not form.train:
@@ -75,7 +83,7 @@ def train_command(form: TrainForm, root: Path, runs: Path) -> tuple[Path, list[s
         args += ["--dev", str(inside(root, path))]
     args += ["--output", str(folder)]
     if form.model.strip():
-        args += ["--model", form.model.strip()]
+        args += ["--model", model_argument(root, form.model)]
     return folder, jobs.tunellm_command(*args, *overrides(form))
 
 
@@ -154,7 +162,7 @@ def data_stats(form: TrainForm, root: Path, histogram: Path) -> dict[str, Any]:
         raise ConfigError("choose at least one training file", field="data")
     args = ["data", "stats", *(str(inside(root, path)) for path in form.train), "--json", "--histogram", str(histogram)]
     if form.model.strip():
-        args += ["--model", form.model.strip()]
+        args += ["--model", model_argument(root, form.model)]
     args.append(f"data.cutoff_len={int(form.cutoff_len)}")
     done = subprocess.run(jobs.tunellm_command(*args), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
