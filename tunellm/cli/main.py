@@ -18,6 +18,7 @@ from tunellm.cli import (
     predict_cmd,
     serve_cmd,
     train_cmd,
+    ui_cmd,
 )
 from tunellm.cli.errors import run_with_clean_errors
 
@@ -36,6 +37,7 @@ app.command("chat")(chat_cmd.chat)
 app.command("predict")(predict_cmd.predict)
 app.command("merge")(merge_cmd.merge)
 app.command("serve")(serve_cmd.serve)
+app.command("ui")(ui_cmd.ui)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(model_cmd.app, name="model")
 
