@@ -98,7 +98,7 @@ def mixed_corpus() -> list[str]:
     """Chinese, English and code lines, no downloads: the strings of the test data fixtures, tunellm's own
     source, and the shared data sets' first lines where this machine has them."""
     import json
-import os
+    import os
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -119,7 +119,8 @@ import os
                 lines.append(line)
     for path in sorted((root / "tunellm" / "data").rglob("*.py")):
         lines += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    shared = Path(os.environ.get("TUNELLM_SHARED_DATA", root.parent / "shared" / "data")) / "alpaca_zh/zh-data-part-00.json"
+    shared_data = Path(os.environ.get("TUNELLM_SHARED_DATA", root.parent / "shared" / "data"))
+    shared = shared_data / "alpaca_zh/zh-data-part-00.json"
     if shared.is_file():
         strings(json.loads(shared.read_text(encoding="utf-8"))[:300])
     return lines
