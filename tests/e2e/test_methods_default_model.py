@@ -24,7 +24,7 @@ RUN = ["max_steps=6", "per_device_train_batch_size=4", "logging_steps=1", "save_
 PLACEHOLDERS = "data.placeholders={name: Tuna, author: the tunellm team}"
 METHOD_RUNS = {  # id -> overrides; learning rates sized for 6 steps on 8 rows
     "dora": ["method=lora", "use_dora=true", "r=8", "learning_rate=1e-3"],
-    "pissa": ["method=lora", "init_lora_weights=pissa", "r=8", "learning_rate=2e-4"],
+    "pissa": ["method=lora", "init_lora_weights=pissa", "r=8", "learning_rate=2e-4", "train.batching=padded"],
     "loraplus_rslora": ["method=lora", "loraplus_lr_ratio=16", "use_rslora=true", "learning_rate=2e-4"],
     "ptuning_v2": ["method=ptuning_v2", "pre_seq_len=16", "prefix_projection=true", "learning_rate=1e-3"],
     "freeze": ["method=freeze", "trainable_layers=2", "learning_rate=1e-4"],
