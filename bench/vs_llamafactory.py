@@ -71,9 +71,12 @@ def install_llamafactory() -> Path:
     keep = [r for r in reqs if "extra ==" not in r and r.split("<")[0].split(">")[0].split("=")[0].split("!")[0]
             not in ("torch", "torchvision", "transformers")]  # fmt: skip
     constraints = WORK / "constraints.txt"
+    WORK.mkdir(parents=True, exist_ok=True)
     constraints.write_text("torch==2.13.0\n")
     subprocess.check_call([*pip, "-c", str(constraints), "torch==2.13.0", "transformers>=4.55,<=5.6.0,!=4.57.0", *keep])
     subprocess.check_call([*pip, "--no-deps", str(wheel)])
+    # predict_with_generate refuses to start without its metric packages (its undeclared "metrics" extra)
+    subprocess.check_call([*pip, "-c", str(constraints), "jieba", "nltk", "rouge-chinese"])
     cuda = [line.split("==")[0] for line in subprocess.check_output([str(python), "-m", "pip", "freeze"]).decode()
             .splitlines() if line.lower().startswith("nvidia-")]  # fmt: skip
     if cuda:  # torchaudio may pull CUDA libraries; LF imports torchaudio on every run, which works without them
