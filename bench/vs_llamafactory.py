@@ -9,6 +9,9 @@ requirements minus torchvision, transformers <= 5.6, then llamafactory itself wi
 training and every generation runs in its own process. Splits, configs, adapters and answers go to
 bench/.vs_llamafactory/ (git-ignored: the data is for academic research only and must not be committed).
 Each run's answers are scored with tunellm's choice-accuracy code; the summary prints mean and spread per tool.
+A step whose outputs are already in the work folder (an adapter, a predictions file) is reused, so an
+interrupted comparison resumes; delete the folder to measure again. --cross also generates with each
+adapter through the other tool (LF's adapter via `tunellm eval`, tunellm's via LF's predict).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ DATA = Path(os.environ.get("TUNELLM_SHARED_DATA", REPO.parent.parent / "shared" 
 CTC = "promptcblue/aug/CHIP-CTC-822.json"
 LF_VERSION = "0.9.5"
 TUNELLM = [sys.executable, "-m", "tunellm"]
+LF_ENV = {"PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true"}
 # the issue's settings, shared by both tools
 STEPS, QUICK_STEPS, QUICK_ROWS = 60, 6, 12
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
@@ -114,32 +118,57 @@ def default_model() -> str:
     return str(default_model_dir())
 
 
-def lf_configs(folder: Path, model: str, seed: int, steps: int) -> tuple[Path, Path]:
-    """LLaMA-Factory's training and predict YAML for one seed."""
-    out = folder / f"lf_seed{seed}"
-    common = {
+def lf_common(folder: Path, model: str, seed: int) -> dict:
+    return {
         "model_name_or_path": model, "template": "smollm2", "dataset_dir": str(folder), "cutoff_len": CUTOFF,
         "overwrite_cache": True, "preprocessing_num_workers": 1, "dataloader_num_workers": 0, "report_to": "none",
-        "bf16": False, "fp16": False, "seed": seed, "trust_remote_code": False,
+        "bf16": False, "fp16": False, "seed": seed, "trust_remote_code": False, "stage": "sft",
+        "finetuning_type": "lora",
     }  # fmt: skip
+
+
+def write_yaml(path: Path, body: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(body, allow_unicode=True, sort_keys=False))
+    return path
+
+
+def lf_train_config(folder: Path, model: str, seed: int, steps: int) -> Path:
+    """LLaMA-Factory's training YAML for one seed; the adapter goes to lf_seedN/adapter."""
+    out = folder / f"lf_seed{seed}"
     train = {
-        **common, "stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_target": "all",
-        "lora_rank": LORA["r"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"], "dataset": "lf_train",
+        **lf_common(folder, model, seed), "do_train": True, "lora_target": "all", "lora_rank": LORA["r"],
+        "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"], "dataset": "lf_train",
         "output_dir": str(out / "adapter"), "overwrite_output_dir": True, "per_device_train_batch_size": BATCH,
         "gradient_accumulation_steps": 1, "learning_rate": LR, "max_steps": steps, "lr_scheduler_type": "cosine",
         "warmup_ratio": WARMUP, "logging_steps": 1, "save_strategy": "no", "plot_loss": False,
     }  # fmt: skip
+    return write_yaml(out / "train.yaml", train)
+
+
+def lf_predict_config(folder: Path, model: str, seed: int, adapter: Path, out: Path) -> Path:
+    """LLaMA-Factory's greedy predict on the held-out rows with `adapter` (any peft LoRA folder) into `out`."""
     predict = {
-        **common, "stage": "sft", "do_predict": True, "finetuning_type": "lora",
-        "adapter_name_or_path": str(out / "adapter"), "eval_dataset": "lf_heldout", "output_dir": str(out / "predict"),
-        "overwrite_output_dir": True, "per_device_eval_batch_size": 8, "predict_with_generate": True,
-        "do_sample": False, "max_new_tokens": NEW_TOKENS,
+        **lf_common(folder, model, seed), "do_predict": True, "adapter_name_or_path": str(adapter),
+        "eval_dataset": "lf_heldout", "output_dir": str(out), "overwrite_output_dir": True,
+        "per_device_eval_batch_size": 8, "predict_with_generate": True, "do_sample": False,
+        "max_new_tokens": NEW_TOKENS,
     }  # fmt: skip
-    paths = out / "train.yaml", out / "predict.yaml"
-    out.mkdir(parents=True, exist_ok=True)
-    for path, body in zip(paths, (train, predict), strict=True):
-        path.write_text(yaml.safe_dump(body, allow_unicode=True, sort_keys=False))
-    return paths
+    return write_yaml(out.parent / f"{out.name}.yaml", predict)
+
+
+def lf_predict(folder: Path, model: str, seed: int, adapter: Path, out: Path) -> tuple[float, list[str]]:
+    """(seconds or None when reused, answers) of LLaMA-Factory's own predict with `adapter`."""
+    answers = out / "generated_predictions.jsonl"
+    took = None
+    if not answers.is_file():
+        config = lf_predict_config(folder, model, seed, adapter, out)
+        took = run([*lf_cli(), "train", str(config)], out.parent / f"{out.name}.log", LF_ENV)
+    return took, read_outputs(answers, "predict")
+
+
+def lf_cli() -> list[str]:
+    return [str(install_llamafactory()), "-m", "llamafactory.cli"]
 
 
 def tunellm_config(folder: Path, model: str, seed: int, steps: int) -> Path:
@@ -168,10 +197,15 @@ def tunellm_config(folder: Path, model: str, seed: int, steps: int) -> Path:
     return path
 
 
-def tunellm_eval(folder: Path, adapter: Path, out: Path, log: Path, template: str | None = None) -> float:
-    cmd = [*TUNELLM, "eval", str(folder / "heldout.jsonl"), "--adapter", str(adapter), "--max-new-tokens",
-           str(NEW_TOKENS), "--batch-size", "8", "--output", str(out), "--no-progress"]  # fmt: skip
-    return run([*cmd, "--template", template] if template else cmd, log, {"PYTHONPATH": str(REPO)})
+def tunellm_eval(folder: Path, adapter: Path, out: Path) -> tuple[float | None, list[str]]:
+    """(seconds or None when reused, answers) of `tunellm eval` on the held-out rows with `adapter`."""
+    answers = out / "predictions.jsonl"
+    took = None
+    if not answers.is_file():
+        cmd = [*TUNELLM, "eval", str(folder / "heldout.jsonl"), "--adapter", str(adapter), "--max-new-tokens",
+               str(NEW_TOKENS), "--batch-size", "8", "--output", str(out), "--no-progress"]  # fmt: skip
+        took = run(cmd, out.parent / f"{out.name}.log", {"PYTHONPATH": str(REPO)})
+    return took, read_outputs(answers, "output")
 
 
 def read_outputs(path: Path, key: str) -> list[str]:
@@ -195,23 +229,24 @@ def score(outputs: list[str], held: list[dict]) -> dict[str, float]:
 
 
 def run_llamafactory(folder: Path, model: str, seed: int, steps: int, cross: bool, held: list[dict]) -> list[dict]:
-    python = install_llamafactory()
-    train_yaml, predict_yaml = lf_configs(folder, model, seed, steps)
-    cli = [str(python), "-m", "llamafactory.cli"]
-    env = {"PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true"}
+    train_yaml = lf_train_config(folder, model, seed, steps)
     out = train_yaml.parent
-    train_s = run([*cli, "train", str(train_yaml)], out / "train.log", env)
-    gen_s = run([*cli, "train", str(predict_yaml)], out / "predict.log", env)
-    answers = read_outputs(out / "predict" / "generated_predictions.jsonl", "predict")
-    results = [{"tool": "llamafactory", "seed": seed, "train_s": round(train_s), "gen_s": round(gen_s),
+    train_s = None
+    if not (out / "adapter" / "adapter_model.safetensors").is_file():
+        train_s = run([*lf_cli(), "train", str(train_yaml)], out / "train.log", LF_ENV)
+    gen_s, answers = lf_predict(folder, model, seed, out / "adapter", out / "predict")
+    results = [{"tool": "llamafactory", "seed": seed, "train_s": seconds(train_s), "gen_s": seconds(gen_s),
                 **score(answers, held), "loss": lf_losses(out / "adapter")}]  # fmt: skip
     if cross:  # LF's adapter, generated by tunellm eval with tunellm's own prompt (template auto: hf_chat)
-        gen_s = tunellm_eval(folder, out / "adapter", out / "tunellm_eval", out / "tunellm_eval.log")
-        answers = read_outputs(out / "tunellm_eval" / "predictions.jsonl", "output")
-        results.append(
-            {"tool": "llamafactory→tunellm eval", "seed": seed, "gen_s": round(gen_s), **score(answers, held)}
-        )
+        gen_s, answers = tunellm_eval(folder, out / "adapter", out / "tunellm_eval")
+        results.append({"tool": "llamafactory adapter, tunellm eval", "seed": seed, "gen_s": seconds(gen_s),
+                        **score(answers, held)})  # fmt: skip
     return results
+
+
+def seconds(took: float | None) -> int | str:
+    """Wall seconds, or 'reused' for a step whose outputs were already there."""
+    return "reused" if took is None else round(took)
 
 
 def lf_losses(folder: Path) -> dict[int, float]:
@@ -222,14 +257,20 @@ def lf_losses(folder: Path) -> dict[int, float]:
     return {e["step"]: round(e["loss"], 3) for e in logs if "loss" in e and e["step"] in (1, 10, 20, 40, 60)}
 
 
-def run_tunellm(folder: Path, model: str, seed: int, steps: int, held: list[dict]) -> list[dict]:
+def run_tunellm(folder: Path, model: str, seed: int, steps: int, cross: bool, held: list[dict]) -> list[dict]:
     config = tunellm_config(folder, model, seed, steps)
     out = config.parent
-    train_s = run([*TUNELLM, "train", str(config)], out / "train.log", {"PYTHONPATH": str(REPO)})
-    gen_s = tunellm_eval(folder, out / "run", out / "eval", out / "eval.log")
-    answers = read_outputs(out / "eval" / "predictions.jsonl", "output")
-    return [{"tool": "tunellm", "seed": seed, "train_s": round(train_s), "gen_s": round(gen_s),
-             **score(answers, held), "loss": tunellm_losses(out / "run")}]  # fmt: skip
+    train_s = None
+    if not (out / "run" / f"step-{steps}" / "adapter_model.safetensors").is_file():
+        train_s = run([*TUNELLM, "train", str(config)], out / "train.log", {"PYTHONPATH": str(REPO)})
+    gen_s, answers = tunellm_eval(folder, out / "run", out / "eval")
+    results = [{"tool": "tunellm", "seed": seed, "train_s": seconds(train_s), "gen_s": seconds(gen_s),
+                **score(answers, held), "loss": tunellm_losses(out / "run")}]  # fmt: skip
+    if cross:  # tunellm's adapter, generated by LLaMA-Factory's predict with its smollm2 template
+        gen_s, answers = lf_predict(folder, model, seed, out / "run" / f"step-{steps}", out / "lf_predict")
+        results.append({"tool": "tunellm adapter, llamafactory predict", "seed": seed, "gen_s": seconds(gen_s),
+                        **score(answers, held)})  # fmt: skip
+    return results
 
 
 def tunellm_losses(folder: Path) -> dict[int, float]:
@@ -262,7 +303,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--tools", nargs="+", default=["tunellm", "llamafactory"], choices=["tunellm", "llamafactory"])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps, {QUICK_ROWS} scored rows")
-    parser.add_argument("--cross", action="store_true", help="also score LF's adapter through `tunellm eval`")
+    parser.add_argument("--cross", action="store_true", help="also each adapter through the other tool's generation")
     parser.add_argument("--work", type=Path, default=WORK, help="folder for splits, configs, adapters, answers")
     args = parser.parse_args()
     folder = args.work / ("quick" if args.quick else "full")
@@ -272,7 +313,7 @@ def main() -> None:
     results: list[dict] = []
     for seed in args.seeds:
         for tool in args.tools:
-            got = run_tunellm(folder, model, seed, steps, held) if tool == "tunellm" else \
+            got = run_tunellm(folder, model, seed, steps, args.cross, held) if tool == "tunellm" else \
                 run_llamafactory(folder, model, seed, steps, args.cross, held)  # fmt: skip
             results += got
             print(json.dumps(got, ensure_ascii=False), flush=True)
