@@ -179,8 +179,9 @@ def tunellm_config(folder: Path, model: str, seed: int, steps: int) -> Path:
     train = {
         "output_dir": str(out / "run"), "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1,
         "max_steps": steps, "learning_rate": LR, "lr_scheduler_type": "cosine", "warmup_ratio": WARMUP,
-        "seed": seed, "logging_steps": 1, "save_steps": 100000, "resume": "never", "report_to": [],
+        "seed": seed, "logging_steps": 1, "save_steps": 20, "resume": "auto", "report_to": [],
     }  # fmt: skip
+    # checkpoints every 20 steps and resume auto: a run stopped on a busy shared machine continues where it was
     if "batching" in TrainConfig.model_fields:  # today's reference path, when other branches add packing
         train["batching"] = "padded"
     config = {
