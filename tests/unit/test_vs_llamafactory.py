@@ -1,0 +1,77 @@
+"""bench/vs_llamafactory.py without running either tool: the split, both tools' configs, and the scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunellm.config.load import load_config
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "vs_llamafactory.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("vs_llamafactory", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ctc_row(i: int, label: str) -> dict:
+    choices = ["疾病", "药物", "年龄"]
+    return {"input": f"第{i}条\n选项：疾病，药物，年龄\n答：", "target": label, "answer_choices": choices,
+            "task_type": "cls", "task_dataset": "CHIP-CTC", "sample_id": f"s{i}"}  # fmt: skip
+
+
+@pytest.fixture
+def data(bench, tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    (folder / "promptcblue" / "aug").mkdir(parents=True)
+    rows = [ctc_row(i, ["疾病", "药物", "年龄"][i % 3]) for i in range(20)]
+    (folder / bench.CTC).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(bench, "DATA", folder)
+    return rows
+
+
+def test_every_fifth_row_is_held_out_in_both_formats(bench, data, tmp_path):
+    train, held = bench.build_split(tmp_path / "work", quick=False)
+    assert [r["sample_id"] for r in held] == ["s4", "s9", "s14", "s19"]
+    assert len(train) == 16 and not {r["sample_id"] for r in train} & {r["sample_id"] for r in held}
+    alpaca = json.loads((tmp_path / "work" / "lf_heldout.json").read_text(encoding="utf-8"))
+    assert alpaca[0] == {"instruction": data[4]["input"], "input": "", "output": data[4]["target"]}
+    info = json.loads((tmp_path / "work" / "dataset_info.json").read_text())
+    assert info["lf_train"] == {"file_name": "lf_train.json"}
+
+
+def test_both_configs_carry_the_issue_settings(bench, data, tmp_path):
+    folder = tmp_path / "work"
+    bench.build_split(folder, quick=False)
+    lf = yaml.safe_load(bench.lf_train_config(folder, "/m", seed=2, steps=60).read_text())
+    assert (lf["lora_rank"], lf["lora_alpha"], lf["lora_dropout"], lf["lora_target"]) == (16, 32, 0.05, "all")
+    assert (lf["learning_rate"], lf["warmup_ratio"], lf["max_steps"], lf["cutoff_len"]) == (5e-4, 0.05, 60, 512)
+    assert (lf["template"], lf["seed"], lf["bf16"], lf["per_device_train_batch_size"]) == ("smollm2", 2, False, 4)
+    config = load_config(bench.tunellm_config(folder, "/m", seed=2, steps=60), [])  # tunellm accepts every key
+    assert (config.method.r, config.method.lora_alpha, config.method.lora_dropout) == (16, 32, 0.05)
+    assert len(config.method.target_modules) == 7 and config.data.cutoff_len == 512
+    assert (config.train.max_steps, config.train.seed, config.train.learning_rate) == (60, 2, 5e-4)
+    assert (config.train.warmup_ratio, config.train.per_device_train_batch_size, config.eval.max_new_tokens) == (
+        0.05,
+        4,
+        24,
+    )
+
+
+def test_scores_with_tunellm_choice_accuracy(bench, data, tmp_path):
+    _, held = bench.build_split(tmp_path / "work", quick=False)  # references: 药物, 疾病, 年龄, 药物
+    scores = bench.score(["药物", "答：疾病。", "I do not know", "疾病"], held)
+    assert scores["scored"] == 4
+    assert scores["accuracy"] == 0.5  # rows 1 and 2 right; row 3 unread; row 4 wrong
+    assert scores["answer_parse_rate"] == 0.75
+    assert scores["majority_accuracy"] == 0.5
+    with pytest.raises(SystemExit):
+        bench.score(["药物"], held)
