@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -54,3 +56,21 @@ def write_jsonl_atomic(path: Path, rows: Any) -> None:
     with atomic_open(path) as file:
         for row in rows:
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def build_folder_atomically(target: Path, build: Callable[[Path], None]) -> Path:
+    """`build(staging)` fills a temporary folder beside `target`, which is then renamed into place: a killed build
+    leaves no half-written `target`. Where another process finished the same folder first, its copy is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            staging.chmod(0o755)
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process won the race only if it finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

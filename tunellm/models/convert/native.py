@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import tunellm.models.chatglm6b  # noqa: F401  (registers the native ChatGLM-6B with the Auto classes)
+from tunellm.atomic import build_folder_atomically
 from tunellm.errors import ModelError
 from tunellm.models.convert import baichuan, chatglm2, chatglm6b
 from tunellm.models.convert.tokenizers import convert_tokenizer
@@ -88,19 +88,7 @@ def converted_dir(folder: Path) -> Path:
     target = cache_root() / "converted" / f"{folder.resolve().name}-{fingerprint(folder)}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        convert_folder(folder, staging)
-        try:
-            staging.chmod(0o755)
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_folder_atomically(target, lambda staging: convert_folder(folder, staging))
 
 
 def convert_folder(source: Path, target: Path) -> None:
