@@ -135,6 +135,7 @@ class Plan:
     batch: int = 4
     seq_len: int = 256  # the longest row of a padded batch
     cutoff_len: int = 1024  # the row length of packed batches
+    tokens_per_batch: int | None = None  # packed: train.tokens_per_batch where set, else batch x cutoff_len
     gradient_checkpointing: bool = False
     loss: LossPath = "full"
     loss_chunk_tokens: int = 1024
@@ -211,7 +212,9 @@ def weight_bytes(shape: ModelShape, plan: Plan, trained: int) -> float:
 
 
 def tokens_per_micro_batch(plan: Plan) -> int:
-    """Padded batches run batch x the longest row (seq_len); packed ones are always full rows of cutoff_len."""
+    """Padded batches run batch x the longest row (seq_len); packed ones fill their token budget."""
+    if plan.batching == "packed" and plan.tokens_per_batch:
+        return plan.tokens_per_batch
     return plan.batch * row_length(plan)
 
 

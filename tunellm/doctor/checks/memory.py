@@ -77,6 +77,7 @@ def plan_for(
         batch=min(train.per_device_train_batch_size, rows or train.per_device_train_batch_size),
         seq_len=seq_len,
         cutoff_len=config.data.cutoff_len,
+        tokens_per_batch=getattr(train, "tokens_per_batch", None),
         gradient_checkpointing=train.gradient_checkpointing,
         loss="chunked" if "chunk" in loss else "full",
         batching="packed" if str(getattr(train, "batching", "padded")) == "packed" else "padded",
@@ -117,10 +118,21 @@ def suggestions(shape: ModelShape, plan: Plan, memory: float, config: RunConfig)
         found.append(
             f"train.gradient_checkpointing=true: about {estimate_memory(shape, checkpointed).total / GIB:.1f} GiB"
         )
-    for batch in range(plan.batch - 1, 0, -1):
-        steps = math.ceil(plan.batch / batch) * config.train.gradient_accumulation_steps
-        if first_fit(f"per_device_train_batch_size={batch} gradient_accumulation_steps={steps}", batch=batch):
-            break
+    accumulation = config.train.gradient_accumulation_steps
+    if plan.batching == "packed" and plan.tokens_per_batch:  # the budget, not the row count, sizes the batch
+        tokens = plan.tokens_per_batch // 2
+        while tokens >= 64:
+            steps = math.ceil(plan.tokens_per_batch / tokens) * accumulation
+            if first_fit(
+                f"train.tokens_per_batch={tokens} gradient_accumulation_steps={steps}", tokens_per_batch=tokens
+            ):
+                break
+            tokens //= 2
+    else:
+        for batch in range(plan.batch - 1, 0, -1):
+            steps = math.ceil(plan.batch / batch) * accumulation
+            if first_fit(f"per_device_train_batch_size={batch} gradient_accumulation_steps={steps}", batch=batch):
+                break
     if plan.loss == "full" and "loss" in type(config.train).model_fields:  # once the chunked loss path exists
         first_fit("train.loss=chunked", loss="chunked")
     if plan.method == "lora" and plan.device == "cuda":
