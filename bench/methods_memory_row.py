@@ -62,7 +62,11 @@ VERSIONED = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
 
 def method_config(row: str) -> Any:
     """The tunellm method options of a row."""
-    from tunellm.config.methods import FreezeMethod, FullMethod, LoraMethod, PTuningV2Method, QLoraMethod
+    from tunellm.methods.freeze import FreezeMethod
+    from tunellm.methods.full import FullMethod
+    from tunellm.methods.lora import LoraMethod
+    from tunellm.methods.ptuning_v2 import PTuningV2Method
+    from tunellm.methods.qlora import QLoraMethod
 
     return {
         "lora": lambda: LoraMethod(r=8, target_modules="all-linear"),

@@ -49,8 +49,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def run_tunellm(args: argparse.Namespace, model: Any, tokenizer: Any, family: Any, rows: list) -> list[dict]:
-    from tunellm.config.schema import DataConfig, LoraMethod, RunConfig, TrainConfig
+    from tunellm.config.schema import DataConfig, RunConfig, TrainConfig
     from tunellm.methods import METHODS
+    from tunellm.methods.lora import LoraMethod
     from tunellm.train import fit
 
     method = LoraMethod(r=8, target_modules=TARGETS)

@@ -67,8 +67,9 @@ def run_ours(
 ) -> tuple[list[tuple[float, float]], list[float]]:
     from transformers import set_seed
 
-    from tunellm.config.schema import LoraMethod, ModelConfig, RunConfig, TrainConfig
+    from tunellm.config.schema import ModelConfig, RunConfig, TrainConfig
     from tunellm.methods import METHODS
+    from tunellm.methods.lora import LoraMethod
     from tunellm.models.load import load_model
     from tunellm.train import fit, log
 

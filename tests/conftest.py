@@ -81,8 +81,8 @@ def tiny_lora_checkpoint(tiny_llama_dir, write_checkpoint, tmp_path_factory):
     import torch
     from transformers import LlamaForCausalLM
 
-    from tunellm.config.schema import LoraMethod
     from tunellm.methods import lora
+    from tunellm.methods.lora import LoraMethod
     from tunellm.models.families import family_for
 
     model = lora.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), LoraMethod(r=4), family_for("llama"))

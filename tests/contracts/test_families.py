@@ -107,7 +107,7 @@ def config_for(name: str, folder: Path) -> ModelConfig:
 
 
 def lora_config(**overrides) -> object:
-    from tunellm.config.schema import LoraMethod
+    from tunellm.methods.lora import LoraMethod
 
     return LoraMethod(r=4, lora_alpha=8, lora_dropout=0.0, **overrides)
 
@@ -295,7 +295,7 @@ def test_auto_dtype_and_device_on_cuda(tiny_models: dict[str, Path]) -> None:
 
 
 def test_ptuning_v2_refuses_remote_code(tiny_models: dict[str, Path]) -> None:
-    from tunellm.config.methods import PTuningV2Method
+    from tunellm.methods.ptuning_v2 import PTuningV2Method
 
     model, _, family = load_model(config_for("chatglm", tiny_models["chatglm"]), device="cpu")
     with pytest.raises(ConfigError, match="remote code"):

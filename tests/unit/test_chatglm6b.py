@@ -126,8 +126,8 @@ def test_greedy_decoding_with_the_cache_matches_the_reference(reference) -> None
 
 
 def test_loads_through_tunellm_and_trains_with_lora(reference) -> None:
-    from tunellm.config.schema import LoraMethod
     from tunellm.methods import enable_activation_checkpointing, lora
+    from tunellm.methods.lora import LoraMethod
 
     _, folder = reference
     model, tokenizer, family = load_model(ModelConfig(name_or_path=str(folder)), device="cpu")
@@ -159,8 +159,8 @@ def test_loads_through_tunellm_and_trains_with_lora(reference) -> None:
 
 
 def test_ptuning_v2_prefix_is_seen_and_generation_with_the_cache_agrees(reference) -> None:
-    from tunellm.config.methods import PTuningV2Method
     from tunellm.methods import METHODS
+    from tunellm.methods.ptuning_v2 import PTuningV2Method
 
     _, folder = reference
     model, _, family = load_model(ModelConfig(name_or_path=str(folder)), device="cpu")

@@ -125,12 +125,48 @@ def test_cli_error_is_clean_and_exits_2():
 
 
 def test_loading_config_imports_nothing_heavy():
+    """Every method's options and every format name come from the plug-in modules, which load no torch."""
     code = (
         "import sys; from tunellm.config import load_config; load_config(None, ['max_steps=3']); "
+        "[load_config(None, [f'method={m}', 'format=sharegpt']) for m in ('full', 'freeze', 'qlora', 'ptuning_v2')]; "
+        "assert 'tunellm.methods.full' in sys.modules and 'tunellm.data.formats.sharegpt' in sys.modules; "
         "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("first", ["tunellm.methods.qlora", "tunellm.config.section", "tunellm.data.formats"])
+def test_plugin_options_load_whichever_module_comes_first(first):
+    """A plug-in module imports `config.section` while `config.schema` imports the plug-ins: no order may leave the
+    config with a partial registry."""
+    code = (
+        f"import {first}; from tunellm.config.schema import RunConfig, FORMAT_NAMES; "
+        "from tunellm.config.methods import METHOD_CONFIGS; from tunellm.methods import METHODS; "
+        "from tunellm.data.formats import FORMATS; "
+        "print(METHOD_CONFIGS == tuple(METHODS.get(n).Config for n in METHODS.names()) and len(METHOD_CONFIGS) > 4, "
+        "FORMAT_NAMES == ('auto', *FORMATS.names()) and len(FORMAT_NAMES) > 7, "
+        "RunConfig(method={'name': 'full'}).method.name)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True", "full"]
+
+
+def test_config_choices_are_the_registries():
+    from tunellm.config.methods import METHOD_CONFIGS
+    from tunellm.config.schema import FORMAT_NAMES, DataConfig
+    from tunellm.data.formats import FORMATS
+    from tunellm.methods import METHODS
+
+    assert ("auto", *FORMATS.names()) == FORMAT_NAMES
+    assert DataConfig.model_fields["format"].annotation.__args__ == FORMAT_NAMES
+    for name in FORMATS.names():
+        assert load_config(None, [f"format={name}"]).data.format == name
+    with pytest.raises(ConfigError, match="data.format = 'alpacca'"):
+        load_config(None, ["format=alpacca"])
+    assert tuple(METHODS.get(name).Config for name in METHODS.names()) == METHOD_CONFIGS
+    for name in METHODS.names():
+        assert isinstance(load_config(None, [f"method={name}"]).method, METHODS.get(name).Config)
 
 
 @pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")))

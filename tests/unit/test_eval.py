@@ -18,7 +18,7 @@ from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
-from tunellm.config.schema import EvalConfig, LoraMethod, RunConfig, TrainConfig
+from tunellm.config.schema import EvalConfig, RunConfig, TrainConfig
 from tunellm.data.tokenize import TokenizeOptions, tokenize_conversations
 from tunellm.errors import ConfigError
 from tunellm.evaluate import evaluate_model, make_dev_scorer
@@ -26,6 +26,7 @@ from tunellm.evaluate.run import read_eval_data
 from tunellm.infer.generate import SamplingOptions
 from tunellm.infer.load import load_for_inference
 from tunellm.methods import lora
+from tunellm.methods.lora import LoraMethod
 from tunellm.models.families import family_for
 from tunellm.train import fit
 from tunellm.train.loop import evaluate as loop_evaluate
@@ -198,8 +199,8 @@ def test_the_dev_scorer_chooses_the_best_checkpoint_by_a_task_metric(run, loaded
 
 
 def test_compare_loads_the_base_beside_a_freeze_checkpoint(run, write_checkpoint, tmp_path):
-    from tunellm.config.schema import FreezeMethod
     from tunellm.methods import freeze
+    from tunellm.methods.freeze import FreezeMethod
 
     model = freeze.apply(LlamaForCausalLM.from_pretrained(run["base"]), FreezeMethod(trainable_layers=1), None)
     torch.manual_seed(3)
@@ -286,8 +287,9 @@ def test_the_vllm_backend_serves_the_adapter_as_lora_without_merging(run, loaded
 def test_vllm_is_not_used_for_checkpoints_it_cannot_serve(loaded, tmp_path):
     from dataclasses import replace
 
-    from tunellm.config.schema import FreezeMethod, PTuningV2Method
     from tunellm.evaluate.vllm_backend import vllm_cannot_serve
+    from tunellm.methods.freeze import FreezeMethod
+    from tunellm.methods.ptuning_v2 import PTuningV2Method
 
     assert vllm_cannot_serve(loaded) is None
     assert vllm_cannot_serve(replace(loaded, checkpoint=None)) is None

@@ -12,13 +12,13 @@ from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
-from tunellm.config.schema import LoraMethod
 from tunellm.data.record import Conversation, Source, Turn
 from tunellm.errors import ModelError
 from tunellm.infer.chat import ChatSession, chat_loop
 from tunellm.infer.generate import SamplingOptions, generate
 from tunellm.infer.load import load_for_inference, resolve_checkpoint
 from tunellm.methods import lora
+from tunellm.methods.lora import LoraMethod
 from tunellm.models.families import family_for
 from tunellm.train.checkpoint import write_best
 from tunellm.train.state import TrainState

@@ -334,6 +334,27 @@ def test_resume_names_what_an_incomplete_checkpoint_lacks(tmp_path):
         find_resume(tmp_path / "run", str(tmp_path / "run" / "step-2"))
 
 
+def test_a_checkpoint_is_complete_with_the_weight_files_its_method_declares(tmp_path):
+    from safetensors.torch import save_file
+
+    from tunellm.methods import METHODS
+
+    folder = tmp_path / "run" / "step-2"
+    (folder / "state").mkdir(parents=True)
+    for name in checkpoint_module.STATE_FILES:
+        (folder / "state" / name).write_text("{}")
+    save_file({"step": torch.zeros(1)}, str(folder / "state" / "optimizer.safetensors"))
+    (folder / "model.safetensors").write_text("")  # completeness looks at names only
+    check_complete(folder)  # without a method: what save_pretrained writes
+    check_complete(folder, METHODS.get("full"))
+    with pytest.raises(ModelError, match="missing: trained_weights.safetensors"):
+        check_complete(folder, METHODS.get("freeze"))
+    assert find_resume(tmp_path / "run", "auto", method=METHODS.get("lora")) is None  # no adapter: passed over
+    (folder / "model.safetensors").unlink()
+    save_file({"lora_A": torch.zeros(1)}, str(folder / "adapter_model.safetensors"))
+    assert find_resume(tmp_path / "run", "auto", method=METHODS.get("lora")) == folder
+
+
 def test_resume_never_refuses_a_folder_with_checkpoints(tmp_path):
     config = train_config(tmp_path, max_steps=2, save_steps=2)
     fit(tiny_lora(), TOKENIZER, toy_rows(4), None, config, show_progress=False)

@@ -181,7 +181,7 @@ def test_a_prompt_the_written_tokenizer_encodes_otherwise_fails():
 
 
 def test_a_freeze_checkpoint_merges_into_its_base(write_checkpoint, tiny_llama_dir, tmp_path, monkeypatch, capsys):
-    from tunellm.config.schema import FreezeMethod
+    from tunellm.methods.freeze import FreezeMethod
 
     freeze = METHODS.get("freeze")
     model = freeze.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), FreezeMethod(trainable_layers=1), None)

@@ -198,9 +198,9 @@ def test_a_checkpoint_that_cannot_share_the_base_is_served_on_its_own(tiny_llama
     import torch
     from transformers import LlamaForCausalLM
 
-    from tunellm.config.schema import FreezeMethod
     from tunellm.infer.batch import Row
     from tunellm.methods import freeze
+    from tunellm.methods.freeze import FreezeMethod
 
     model = freeze.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), FreezeMethod(trainable_layers=1), None)
     with torch.no_grad():

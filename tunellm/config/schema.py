@@ -2,6 +2,8 @@
 
 Key names follow transformers' `TrainingArguments` and peft's `LoraConfig` where one exists.
 Every field carries a description: `tunellm config example` is generated from them.
+The plug-ins' choices come from their registries: data formats from `tunellm.data.formats`, tuning methods and
+their options from `tunellm.methods` (through `config/methods.py`); neither import loads torch.
 """
 
 from __future__ import annotations
@@ -10,18 +12,11 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from tunellm.config.methods import (
-    METHOD_CONFIGS,
-    FreezeMethod,
-    FullMethod,
-    LoraMethod,
-    Method,
-    PTuningV2Method,
-    QLoraMethod,
-)
+from tunellm.config.methods import METHOD_CONFIGS, Method, default_method
 from tunellm.config.section import Section
+from tunellm.data.formats import FORMATS
 
-FORMATS = ("auto", "alpaca", "context_target", "promptcblue", "chatglm", "sharegpt", "openai", "text")
+FORMAT_NAMES = ("auto", *FORMATS.names())  # every registered format; auto detects it
 
 
 class RopeScaling(Section):
@@ -88,7 +83,7 @@ class DataConfig(Section):
     dev_split: float = Field(
         0.0, ge=0, lt=1, description="without dev files: hold out this fraction of train rows (seeded) as the dev set"
     )
-    format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first record")  # type: ignore[valid-type]
+    format: Literal[FORMAT_NAMES] = Field("auto", description="data format; auto detects it from the first record")  # type: ignore[valid-type]
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="map the format's field names to this file's, e.g. {prompt: question, response: std_answer}",
@@ -215,7 +210,7 @@ class EvalConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    method: Method = Field(default_factory=LoraMethod)
+    method: Method = Field(default_factory=default_method)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -230,6 +225,6 @@ SECTIONS: dict[str, list[type[Section]]] = {
 
 
 __all__ = [
-    "SECTIONS", "DataConfig", "EvalConfig", "FreezeMethod", "FullMethod", "LoraMethod", "Method", "ModelConfig",
-    "PTuningV2Method", "QLoraMethod", "RopeScaling", "RunConfig", "Section", "TrainConfig",
+    "FORMAT_NAMES", "SECTIONS", "DataConfig", "EvalConfig", "Method", "ModelConfig", "RopeScaling", "RunConfig",
+    "Section", "TrainConfig",
 ]  # fmt: skip

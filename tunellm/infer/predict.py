@@ -19,7 +19,7 @@ from tunellm.atomic import write_jsonl_atomic
 from tunellm.data.prepare import read_data
 from tunellm.data.read import expand_paths
 from tunellm.data.record import Conversation
-from tunellm.data.templates.base import reply_text
+from tunellm.data.templates.tools import reply_text
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError, DataError, TunellmError
 from tunellm.infer.generate import Generation, SamplingOptions, generate

@@ -1,7 +1,13 @@
 """What a tuning method plug-in provides, and the registry the train loop looks methods up in.
 
 A method is a module registered in METHODS under its config's `name`, with:
-- `Config`: its options class (declared in `tunellm/config/methods.py`, so configs load without torch);
+- `Config`: its options class (a `tunellm.config.section.Section` with `name: Literal[...]`), declared in the
+  method's own module; `tunellm/config/methods.py` joins every registered method's `Config` into the config's
+  `method` union, so a method module imports torch (and anything heavy) only inside its functions, and imports
+  nothing of `tunellm.config` but `section` at module level;
+- `weight_files`: the files `save` writes the trained weights to (a checkpoint holding none of them is incomplete);
+- `contract_variants()`: {id: Variant(options, trains)} that `tests/contracts/test_methods.py` runs the contract
+  over (apply, train, save, reload, resume, merge); a method without variants fails that test;
 - `apply(model, config, family)`: the model to train, with only the method's parameters trainable;
 - `save(model, folder)`: write what inference needs (adapter, trained tensors or the whole model);
 - `load(base_model, folder, trainable=False)`: the trained model again, from a fresh base model;
@@ -17,21 +23,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from tunellm.errors import ModelError
 from tunellm.registry import Registry
 
+if TYPE_CHECKING:
+    from torch import nn
+
 log = logging.getLogger(__name__)
+
+
+class Variant(NamedTuple):
+    """Options the method contract runs with; `trains(name)`: whether a parameter may train (some must);
+    `tolerance`: how far a reloaded model's logits may stray from the trained one's (0: identical)."""
+
+    options: Any
+    trains: Callable[[str], bool]
+    tolerance: float = 0.0
 
 
 class Method(Protocol):
     Config: type
     supports_merge: bool
+    weight_files: tuple[str, ...]
+
+    def contract_variants(self) -> dict[str, Variant]: ...
 
     def apply(self, model: nn.Module, config: Any, family: Any) -> nn.Module: ...
 

@@ -6,19 +6,41 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from pydantic import Field, model_validator
 
-from tunellm.config.methods import FreezeMethod
+from tunellm.config.section import Section
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods.base import METHODS, restore_tensors
+from tunellm.methods.base import METHODS, Variant, restore_tensors
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 
 
+class FreezeMethod(Section):
+    name: Literal["freeze"] = "freeze"
+    trainable_layers: int = Field(
+        2, ge=0, description="freeze: train the last N decoder layers in full (0 with trainable_modules only)"
+    )
+    trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="freeze: also train parameters whose name contains any of these (e.g. mlp, lm_head, norm)",
+    )
+
+    @model_validator(mode="after")
+    def trains_something(self) -> FreezeMethod:
+        if self.trainable_layers == 0 and not self.trainable_modules:
+            raise ValueError("freeze with trainable_layers=0 and no trainable_modules would train nothing")
+        return self
+
+
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(name, list) of the model's stack of decoder layers: the longest ModuleList, as long as the config says."""
+    from torch import nn
+
     expected = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "num_layers", None)
     stacks = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
     stacks = [(name, module) for name, module in stacks if expected is None or len(module) == expected]
@@ -91,6 +113,16 @@ def merge(model: nn.Module) -> nn.Module:
     return model  # the trained tensors are the model's own
 
 
+def contract_variants() -> dict[str, Variant]:
+    return {
+        "freeze": Variant(FreezeMethod(trainable_layers=1), lambda name: ".layers.1." in name),
+        "freeze_modules": Variant(
+            FreezeMethod(trainable_layers=0, trainable_modules=["mlp"]), lambda name: ".mlp." in name
+        ),
+    }
+
+
 Config = FreezeMethod
 supports_merge = True
+weight_files = (WEIGHTS_FILE,)
 METHODS.register("freeze")(sys.modules[__name__])

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
+from pydantic import Field
 
-from tunellm.config.methods import FullMethod
-from tunellm.methods.base import METHODS, restore_tensors
+from tunellm.config.section import Section
+from tunellm.methods.base import METHODS, Variant, restore_tensors
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class FullMethod(Section):
+    name: Literal["full"] = "full"
+    pure_bf16: bool = Field(
+        False, description="full: weights, gradients and optimizer state in bf16, no fp32 copy (half the memory)"
+    )
 
 
 def apply(model: nn.Module, method: FullMethod, family: Any) -> nn.Module:
+    import torch
+
     if method.pure_bf16:
         model.to(torch.bfloat16)
     elif any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
@@ -44,6 +55,14 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
+def contract_variants() -> dict[str, Variant]:
+    return {
+        "full": Variant(FullMethod(), lambda name: True),
+        "full_pure_bf16": Variant(FullMethod(pure_bf16=True), lambda name: True, tolerance=2e-2),  # bf16 weights
+    }
+
+
 Config = FullMethod
 supports_merge = True
+weight_files = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of a sharded one
 METHODS.register("full")(sys.modules[__name__])

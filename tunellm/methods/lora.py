@@ -14,18 +14,49 @@ import tempfile
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from pydantic import AliasChoices, Field, model_validator
 
-from tunellm.config.methods import LoraMethod
+from tunellm.config.section import Section
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods.base import METHODS, quiet_peft, restore_peft
+from tunellm.methods.base import METHODS, Variant, quiet_peft, restore_peft
 
 if TYPE_CHECKING:
     from peft import PeftModel
+    from torch import nn
 
     from tunellm.models.families.base import Family
+
+
+class LoraMethod(Section):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, gt=0, validation_alias=AliasChoices("r", "lora_rank"), description="LoRA rank")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field(
+        "auto", description="modules to adapt: auto (the family's default), all-linear, or a list of names"
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapter")
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its LoRA direction")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by lora_alpha / sqrt(r), steadier at high rank")
+    init_lora_weights: Literal["default", "gaussian", "pissa"] = Field(
+        "default",
+        description="adapter init; pissa starts from the weights' principal singular vectors (saved as plain LoRA)",
+    )
+    pissa_niter: int | None = Field(
+        16, ge=1, description="PiSSA: fast randomized-SVD iterations; empty for an exact SVD (slow on big models)"
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: learning rate of the B matrices = learning_rate x this (the paper uses 16)"
+    )
+
+    @model_validator(mode="after")
+    def pissa_without_dora(self) -> LoraMethod:
+        if self.init_lora_weights == "pissa" and self.use_dora:
+            raise ValueError("PiSSA init and DoRA cannot be combined (peft converts PiSSA to LoRA, not to DoRA)")
+        return self
+
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PISSA_STATE = Path("state") / "pissa"  # the raw trained PiSSA adapter, beside the converted one
@@ -40,6 +71,8 @@ def target_modules(method: LoraMethod, family: Family) -> str | list[str]:
 
 def linear_names(model: nn.Module) -> list[str]:
     """Distinct leaf names of linear layers, for error messages."""
+    from torch import nn
+
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
 
 
@@ -159,8 +192,22 @@ def merge(model: PeftModel) -> nn.Module:
         return model.merge_and_unload()
 
 
+def contract_variants() -> dict[str, Variant]:
+    options = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    adapters = Variant(LoraMethod(**options), lambda name: "lora_" in name)
+    return {
+        "lora": adapters,
+        "dora": adapters._replace(options=LoraMethod(**options, use_dora=True)),
+        "rslora": adapters._replace(options=LoraMethod(**options, use_rslora=True)),
+        # PiSSA comes back as plain LoRA of rank 2r on the original base: equal up to float rounding
+        "pissa": adapters._replace(options=LoraMethod(**options, init_lora_weights="pissa"), tolerance=1e-5),
+        "loraplus": adapters._replace(options=LoraMethod(**options, loraplus_lr_ratio=16)),
+    }
+
+
 Config = LoraMethod
 supports_merge = True
+weight_files = ("adapter_model.safetensors",)
 save = save_adapter
 load = load_adapter
 METHODS.register("lora")(sys.modules[__name__])

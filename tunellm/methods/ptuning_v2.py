@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from pydantic import Field
 
-from tunellm.config.methods import PTuningV2Method
+from tunellm.config.section import Section
 from tunellm.errors import ConfigError
-from tunellm.methods.base import METHODS, check_fits, quiet_peft, restore_peft
-
-ENCODER_STATE = Path("state") / "ptuning" / "prompt_encoder.safetensors"
+from tunellm.methods.base import METHODS, Variant, check_fits, quiet_peft, restore_peft
 
 if TYPE_CHECKING:
     from peft import PeftModel
+    from torch import nn
 
     from tunellm.models.families.base import Family
+
+
+class PTuningV2Method(Section):
+    name: Literal["ptuning_v2"] = "ptuning_v2"
+    pre_seq_len: int = Field(128, gt=0, description="P-Tuning v2: trained prefix length (key/value pairs per layer)")
+    prefix_projection: bool = Field(False, description="P-Tuning v2: produce the prefix through a 2-layer MLP")
+    prefix_hidden_size: int = Field(512, gt=0, description="P-Tuning v2: hidden size of that MLP")
+
+
+ENCODER_STATE = Path("state") / "ptuning" / "prompt_encoder.safetensors"
 
 
 def key_value_heads(config: Any) -> tuple[int, int] | None:
@@ -129,6 +138,17 @@ def merge(model: nn.Module) -> nn.Module:
     )
 
 
+def contract_variants() -> dict[str, Variant]:
+    def prefix(name: str) -> bool:
+        return "prompt_encoder" in name
+
+    return {
+        "ptuning_v2": Variant(PTuningV2Method(pre_seq_len=4, prefix_projection=True, prefix_hidden_size=16), prefix),
+        "ptuning_v2_plain": Variant(PTuningV2Method(pre_seq_len=4), prefix),
+    }
+
+
 Config = PTuningV2Method
 supports_merge = False
+weight_files = ("adapter_model.safetensors",)
 METHODS.register("ptuning_v2")(sys.modules[__name__])

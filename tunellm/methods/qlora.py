@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from pydantic import Field
 
-from tunellm.config.methods import QLoraMethod
 from tunellm.errors import ConfigError
 from tunellm.methods import lora
-from tunellm.methods.base import METHODS
+from tunellm.methods.base import METHODS, Variant
+from tunellm.methods.lora import LoraMethod
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class QLoraMethod(LoraMethod):
+    name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+    bits: Literal[4, 8] = Field(4, description="QLoRA: base weights quantized to 4-bit or 8-bit by bitsandbytes")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA 4-bit data type")
+    double_quant: bool = Field(True, description="QLoRA 4-bit: also quantize the quantization constants")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="QLoRA: dtype the dequantized weights compute in"
+    )
+    optim: Literal["adamw", "paged_adamw_8bit", "adamw_8bit"] = Field(
+        "paged_adamw_8bit", description="QLoRA optimizer: bitsandbytes' paged 8-bit AdamW by default"
+    )
 
 
 def check(config: Any) -> None:
@@ -74,8 +90,16 @@ def optimizer(groups: list[dict[str, Any]], method: QLoraMethod, train: Any) -> 
     return kind(groups, lr=train.learning_rate)
 
 
+def contract_variants() -> dict[str, Variant]:
+    """The adapter side on an unquantized base with plain AdamW: the contract runs on the CPU without bitsandbytes
+    (the quantized path is tested through `tunellm train` in tests/contracts/test_methods.py)."""
+    options = QLoraMethod(r=4, lora_alpha=8, lora_dropout=0.0, optim="adamw")
+    return {"qlora": Variant(options, lambda name: "lora_" in name)}
+
+
 Config = QLoraMethod
 supports_merge = True
+weight_files = lora.weight_files
 param_groups = lora.param_groups
 save = lora.save
 load = lora.load

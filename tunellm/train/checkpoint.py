@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 
 from tunellm.atomic import fsync_path, write_json_atomic
 from tunellm.errors import ConfigError, ModelError, TrainingError
-from tunellm.methods import freeze
 from tunellm.methods.base import hook, restore_peft, restore_tensors
 from tunellm.train.state import TrainState, capture_rng, restore_rng
 
@@ -32,12 +31,9 @@ STEP = re.compile(r"step-(\d+)")
 TMP_PREFIX = ".tmp-step-"
 STATE_DIR = "state"
 STATE_FILES = ("trainer_state.json", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_0.json")
-WEIGHT_FILES = (
-    "adapter_model.safetensors",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    freeze.WEIGHTS_FILE,
-)
+# the weights a model's own save_pretrained writes (a peft adapter, one file or a sharded index): checkpoints saved
+# without a method; a method names its own in `weight_files`
+PRETRAINED_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 BEST_FILE = "best.json"
 
 
@@ -57,10 +53,11 @@ def remove_partial(output_dir: Path) -> list[Path]:
     return partial
 
 
-def find_resume(output_dir: Path, resume: str, *, quiet: bool = False) -> Path | None:
+def find_resume(output_dir: Path, resume: str, *, quiet: bool = False, method: Any | None = None) -> Path | None:
     """The checkpoint to continue from: `auto` (the newest usable one in output_dir, if any), `never`, or a folder.
 
-    `quiet` leaves out the warnings about damaged checkpoints passed over (for a check that runs before `fit`)."""
+    `quiet` leaves out the warnings about damaged checkpoints passed over (for a check that runs before `fit`);
+    `method` (the run's METHODS plug-in) names the weight files a usable checkpoint holds."""
     existing = list_checkpoints(output_dir)
     if resume == "never":
         if existing:
@@ -73,7 +70,7 @@ def find_resume(output_dir: Path, resume: str, *, quiet: bool = False) -> Path |
         return None
     if resume == "auto":
         for folder in reversed(existing):
-            problem = checkpoint_problem(folder)
+            problem = checkpoint_problem(folder, method)
             if problem is None:
                 return folder
             if not quiet:
@@ -106,11 +103,17 @@ def _step(folder: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def check_complete(folder: Path) -> None:
+def weight_files(method: Any | None) -> tuple[str, ...]:
+    """The files holding a checkpoint's trained weights: the method's own, else save_pretrained's."""
+    return PRETRAINED_WEIGHT_FILES if method is None else tuple(method.weight_files)
+
+
+def check_complete(folder: Path, method: Any | None = None) -> None:
     """Raise an error naming the missing files, what the folder holds and how to go on."""
     missing = [f"{STATE_DIR}/{name}" for name in STATE_FILES if not (folder / STATE_DIR / name).is_file()]
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        missing.append(" or ".join(WEIGHT_FILES[:2]))
+    weights = weight_files(method)
+    if not any((folder / name).is_file() for name in weights):
+        missing.append(" or ".join(weights[:2]))
     if missing:
         held = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         raise ModelError(
@@ -121,11 +124,11 @@ def check_complete(folder: Path) -> None:
         )
 
 
-def checkpoint_problem(folder: Path) -> str | None:
+def checkpoint_problem(folder: Path, method: Any | None = None) -> str | None:
     """What makes `folder` unusable for resume (a missing file, a safetensors file cut short, a state file that
     does not parse), or None. Reads headers and JSON only, not the tensors."""
     try:
-        check_complete(folder)
+        check_complete(folder, method)
     except ModelError as error:
         return error.message
     from safetensors import safe_open
@@ -278,7 +281,7 @@ def load_checkpoint(
 
     The caller restores the RNG (`state.restore_rng`) last, just before training goes on.
     """
-    check_complete(folder)
+    check_complete(folder, method)
     state_dir = folder / STATE_DIR
     load_trainable(accelerator.unwrap_model(model), folder, method)
     optimizer.load_state_dict(_read_optimizer(state_dir))

@@ -205,7 +205,7 @@ def fit(
         config.model_dump(mode="json") if isinstance(config, RunConfig) else {"train": cfg.model_dump(mode="json")}
     )
     accelerator, output_dir = _setup(cfg, train_data, accelerator)
-    resume_from = find_resume(output_dir, cfg.resume)
+    resume_from = find_resume(output_dir, cfg.resume, method=method)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)

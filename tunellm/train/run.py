@@ -43,11 +43,12 @@ def check_inputs(config: RunConfig) -> None:
     check_writable(Path(config.train.output_dir))
     check_report_to(config.train.report_to)
     check_best_metric(config)
-    find_resume(Path(config.train.output_dir), config.train.resume, quiet=True)  # fit warns about what it skips
+    method = METHODS.get(config.method.name)
+    find_resume(Path(config.train.output_dir), config.train.resume, quiet=True, method=method)  # fit warns of skips
     adapter = config.train.init_adapter
     if adapter and not Path(adapter).is_dir():
         raise ModelError("adapter folder not found", file=adapter, field="train.init_adapter")
-    check_method = hook(METHODS.get(config.method.name), "check")
+    check_method = hook(method, "check")
     if check_method is not None:
         check_method(config)
     check_context(config.model, config.data.cutoff_len)

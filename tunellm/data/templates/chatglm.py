@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunellm.data.templates.base import TEMPLATES, Jinja, TurnTemplate, jinja_print
+from tunellm.data.templates.base import TEMPLATES, TurnTemplate
+from tunellm.data.templates.jinja import Jinja, jinja_print
 
 
 @TEMPLATES.register("chatglm")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunellm.data.record import Turn
-from tunellm.data.templates.base import TEMPLATES, TurnTemplate, reply_text
+from tunellm.data.templates.base import TEMPLATES, TurnTemplate
+from tunellm.data.templates.tools import reply_text
 
 
 @TEMPLATES.register("chatglm3")

@@ -11,7 +11,8 @@ LLaMA-Factory's replace_eos); the newline after it is prompt.
 from __future__ import annotations
 
 from tunellm.data.record import Turn
-from tunellm.data.templates.base import TEMPLATES, TurnTemplate, reply_text
+from tunellm.data.templates.base import TEMPLATES, TurnTemplate
+from tunellm.data.templates.tools import reply_text
 
 END = "<|im_end|>"
 

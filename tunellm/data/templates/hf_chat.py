@@ -15,14 +15,8 @@ import json
 from typing import Any
 
 from tunellm.data.record import Conversation, Source
-from tunellm.data.templates.base import (
-    TEMPLATES,
-    Segment,
-    Template,
-    reply_text,
-    system_with_tools,
-    tool_call_arguments,
-)
+from tunellm.data.templates.base import TEMPLATES, Segment, Template
+from tunellm.data.templates.tools import reply_text, system_with_tools, tool_call_arguments
 from tunellm.errors import DataError, TunellmError
 
 Message = dict[str, Any]

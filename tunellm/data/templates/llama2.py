@@ -8,7 +8,9 @@ follows Meta's llama/generation.py. BOS and EOS are the tokenizer's own.
 from __future__ import annotations
 
 from tunellm.data.record import Turn
-from tunellm.data.templates.base import TEMPLATES, Jinja, TurnTemplate, jinja_print, reply_text
+from tunellm.data.templates.base import TEMPLATES, TurnTemplate
+from tunellm.data.templates.jinja import Jinja, jinja_print
+from tunellm.data.templates.tools import reply_text
 
 
 @TEMPLATES.register("llama2")
