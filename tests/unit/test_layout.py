@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tunellm"
 LAYERS = {
-    "errors": 0, "registry": 0, "config": 0, "atomic": 0,
+    "errors": 0, "registry": 0, "config": 0, "atomic": 0, "host_memory": 0,
     "data": 1, "models": 1, "methods": 1,
     "train": 2, "evaluate": 2, "infer": 2, "doctor": 2,
     "cli": 3, "ui": 3, "serve": 3,

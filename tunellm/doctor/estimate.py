@@ -4,24 +4,21 @@ Memory is the sum of what one process holds at the peak (the backward of a micro
 state exists): weights by dtype and quantization, trainable parameters with their gradients and AdamW state,
 the activations autograd saves (all layers, or with checkpointing each layer's input plus one layer rebuilt),
 the logits of the loss path, and the runtime itself. Sharding (`Plan.sharding`) divides what ZeRO/FSDP divide.
-The per-token activation counts follow what a llama-style decoder layer saves for backward; the CPU runtime and
-allocator constants are measured on the default model (bench/RESULTS.md, issue 12).
+The per-token activation counts follow what a llama-style decoder layer saves for backward; the CPU runtime is
+measured on the default model (bench/RESULTS.md, issue 12). Nothing is added for glibc keeping freed activations:
+training with checkpointing on the CPU returns them (tunellm/host_memory.py).
 
 A new loss path is one entry in `logits_bytes`; a new batching one entry in `tokens_per_micro_batch`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
 QUANT_BYTES = {4: 0.5 + 0.127 / 8, 8: 1.0 + 4 / 64}  # NF4 + double-quantized constants; int8 + fp32 row scales
-# CPU with checkpointing: glibc keeps the forward's freed per-layer temporaries (measured: malloc_trim after the
-# forward returned 0.9 GiB of 2.1 GiB for LoRA on the default model); as a share of the unchecked activations
-CPU_RETAINED = 0.45
 CPU_RUNTIME = (
     0.45 * GIB
 )  # Python, torch, transformers, peft, accelerate and a tokenizer: measured RSS before the weights
@@ -271,15 +268,6 @@ def runtime_bytes(plan: Plan) -> float:
     return CPU_RUNTIME if plan.device == "cpu" else CUDA_CONTEXT
 
 
-def allocator_bytes(shape: ModelShape, plan: Plan, gradients: float) -> float:
-    """On the CPU with checkpointing, the forward's freed temporaries stay in the process until the gradients
-    reuse them."""
-    if plan.device != "cpu" or not plan.gradient_checkpointing:
-        return 0.0
-    unchecked = activation_bytes(shape, dataclasses.replace(plan, gradient_checkpointing=False))
-    return max(0.0, CPU_RETAINED * unchecked - gradients)
-
-
 def estimate_memory(shape: ModelShape, plan: Plan) -> MemoryEstimate:
     trained = trainable_params(shape, plan)
     train_bytes = DTYPE_BYTES[plan.train_dtype]
@@ -291,7 +279,6 @@ def estimate_memory(shape: ModelShape, plan: Plan) -> MemoryEstimate:
         "logits": logits_bytes(shape, plan),
         "runtime": runtime_bytes(plan),
     }
-    parts["allocator"] = allocator_bytes(shape, plan, parts["gradients"])
     if plan.sharding == "ddp" and plan.world_size > 1:  # DDP's all-reduce buckets: a second copy of the gradients
         parts["ddp_buckets"] = parts["gradients"]
     if plan.autocast and plan.method in ("full", "freeze"):  # autocast caches a half copy of each trained weight

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from tunellm import host_memory
 from tunellm.errors import ModelError
 from tunellm.registry import Registry
 
@@ -137,3 +138,5 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.enable_input_require_grads()
     if getattr(model.config, "use_cache", False):  # a KV cache is useless while training and clashes with it
         model.config.use_cache = False
+    if next(model.parameters()).device.type == "cpu":  # else glibc keeps most of what checkpointing frees
+        host_memory.return_large_blocks_to_os()
