@@ -27,10 +27,13 @@ from tunellm.models.load import check_context, load_model, load_tokenizer_and_te
 from tunellm.train.checkpoint import BEST_FILE, find_resume
 from tunellm.train.log import CURVE_FILE, LOG_FILE, check_report_to
 from tunellm.train.loop import FitResult, fit
+from tunellm.train.strategy import make_strategy
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    """Print on the main process only (every process of a multi-process run comes through here)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text, flush=True)
 
 
 def check_inputs(config: RunConfig) -> None:
@@ -112,10 +115,12 @@ def train_from_config(config: RunConfig, *, force: bool = False) -> FitResult:
     config = config.model_copy(deep=True)
     check_inputs(config)
     # the data is read and tokenized before any weights load: a bad record costs seconds, not a model load
+    strategy = make_strategy(config.train)  # joins the launcher's processes, if any
     tokenizer, family_template = load_tokenizer_and_template(config.model)
     template = choose_template(config.data.train, config.data, tokenizer, family_template)
     say(f"template: {template.name}")
-    train, dev = prepare_data(config, tokenizer, template)
+    with strategy.main_first():  # the main process reads and tokenizes; the others then load its cache
+        train, dev = prepare_data(config, tokenizer, template)
     preflight(config, tokenizer, template, train, force=force, say=say)
     # chat, predict and eval read the template from the checkpoint's config.yaml: store the name, not `auto`
     config.data.template = template.name
@@ -129,8 +134,12 @@ def train_from_config(config: RunConfig, *, force: bool = False) -> FitResult:
     model = method.apply(model, config.method, family)
     say(f"method: {config.method.name}, {trainable_summary(model)}")
     scorer = dev_scorer_for(config, tokenizer, template)
-    result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer)
-    report_outputs(Path(config.train.output_dir), result, config)
+    try:
+        result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer, strategy=strategy)
+    finally:
+        strategy.close()
+    if strategy.is_main:
+        report_outputs(Path(config.train.output_dir), result, config)
     return result
 
 
