@@ -3,6 +3,7 @@
 TUNELLM_TEST_STEP_DELAY=S        sleep S seconds after each step, so a SIGKILL from outside lands at a random step
 TUNELLM_TEST_HANG_IN_SAVE=N      inside the writing of checkpoint N (files written and fsynced, not yet renamed)
 TUNELLM_TEST_MARKER=PATH         touch PATH and wait to be killed
+TUNELLM_TEST_STALL=RANK:STEP     process RANK stops (sleeps) after step STEP, touching TUNELLM_TEST_MARKER
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ def install_hooks() -> None:
 
         checkpoint._fsync_tree = hang
     delay = float(os.environ.get("TUNELLM_TEST_STEP_DELAY", "0"))
+    stall = os.environ.get("TUNELLM_TEST_STALL")
+    if stall:
+        rank, stall_step = (int(part) for part in stall.split(":"))
+        advance = log.RunLog.advance
+
+        def stall_at(self, step: int, epoch: float) -> None:
+            advance(self, step, epoch)
+            if step == stall_step and int(os.environ.get("RANK", "0")) == rank:
+                Path(os.environ["TUNELLM_TEST_MARKER"]).touch()
+                time.sleep(600)
+
+        log.RunLog.advance = stall_at
     if delay:
         advance = log.RunLog.advance
 

@@ -37,7 +37,7 @@ from tunellm.train.guard import BadStepGuard, skip_batches, skip_step, step_is_f
 from tunellm.train.log import RunLog, check_report_to
 from tunellm.train.loss import IGNORE, LossPath, token_loss_sum, trained_tokens
 from tunellm.train.optim import StepPlan, build_scheduler, method_optimizer
-from tunellm.train.state import TrainState, check_resume_data, data_key, restore_rng
+from tunellm.train.state import TrainState, check_resume_data, data_key, restore_rng, resume_on
 from tunellm.train.strategy import Strategy, make_strategy
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def fit(
     plan = StepPlan.make(cfg, lambda epoch: len(batcher.epoch(epoch)))
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     key = data_key(train_data)
-    state, rng = TrainState(data_key=key), None
+    state, rng = TrainState(data_key=key, processes=world), None
     parts = {
         "strategy": strategy,
         "model": model,
@@ -209,6 +209,7 @@ def fit(
     if resume_from is not None:
         state, rng = load_checkpoint(resume_from, **parts)
         check_resume_data(state, key, cfg.resume_data_changed, resume_from)
+        resume_on(state, world)
         changed = [k for k in config_changes(resume_from, resolved) if k not in ("train.resume", FORCE_KEY)]
         if changed:
             log.warning("config changed since %s: %s", resume_from, ", ".join(changed))
@@ -272,6 +273,7 @@ def fit(
             if dev_data is not None and len(dev_data) > 0 and (step % cfg.eval_steps == 0 or last):
                 metrics = evaluate(strategy, model, dev_data, cfg.per_device_eval_batch_size, pad_id, cfg.loss)
                 if dev_scorer is not None:
+                    strategy.progress("task metrics")
                     with strategy.autocast():
                         metrics.update(dev_scorer(strategy.unwrap(model)))
                 entry = {"step": step, "epoch": epoch, **metrics, "elapsed": round(time.monotonic() - started, 3)}

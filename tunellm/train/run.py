@@ -28,6 +28,7 @@ from tunellm.train.checkpoint import BEST_FILE, find_resume
 from tunellm.train.log import CURVE_FILE, LOG_FILE, check_report_to
 from tunellm.train.loop import FitResult, fit
 from tunellm.train.strategy import make_strategy
+from tunellm.train.watchdog import watch
 
 
 def say(text: str) -> None:
@@ -135,7 +136,13 @@ def train_from_config(config: RunConfig, *, force: bool = False) -> FitResult:
     say(f"method: {config.method.name}, {trainable_summary(model)}")
     scorer = dev_scorer_for(config, tokenizer, template)
     try:
-        result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer, strategy=strategy)
+        with watch(strategy, Path(config.train.output_dir), config.train.ddp_timeout) as dog:
+            try:
+                result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer, strategy=strategy)
+            except RuntimeError as error:  # a collective failed: a peer died, or the group timed out
+                if dog is not None:
+                    dog.report(f"a collective failed: {str(error).strip().splitlines()[0][:300]}")
+                raise
     finally:
         strategy.close()
     if strategy.is_main:
