@@ -3,6 +3,7 @@
 TUNELLM_TEST_STEP_DELAY=S        sleep S seconds after each step, so a SIGKILL from outside lands at a random step
 TUNELLM_TEST_HANG_IN_SAVE=N      inside the writing of checkpoint N (files written and fsynced, not yet renamed)
 TUNELLM_TEST_MARKER=PATH         touch PATH and wait to be killed
+TUNELLM_TEST_PID_DIR=DIR         each process writes its pid to DIR/rank{RANK}.pid (to SIGKILL one rank)
 TUNELLM_TEST_STALL=RANK:STEP     process RANK stops (sleeps) after step STEP, touching TUNELLM_TEST_MARKER
 """
 
@@ -16,6 +17,9 @@ from pathlib import Path
 def install_hooks() -> None:
     from tunellm.train import checkpoint, log
 
+    pid_dir = os.environ.get("TUNELLM_TEST_PID_DIR")
+    if pid_dir and "RANK" in os.environ:
+        (Path(pid_dir) / f"rank{os.environ['RANK']}.pid").write_text(str(os.getpid()))
     hang_in_save = os.environ.get("TUNELLM_TEST_HANG_IN_SAVE")
     if hang_in_save:
         fsync_tree = checkpoint._fsync_tree
