@@ -21,6 +21,7 @@ from tunellm.data.sources import held_out_records
 from tunellm.doctor.gate import preflight
 from tunellm.errors import ConfigError, DataError, ModelError
 from tunellm.evaluate import check_best_metric, dev_scorer_for
+from tunellm.evaluate.dev_scorer import wants_task_metrics
 from tunellm.methods import METHODS
 from tunellm.methods.base import hook
 from tunellm.models.load import check_context, load_model, load_tokenizer_and_template
@@ -55,6 +56,32 @@ def check_inputs(config: RunConfig) -> None:
     if check_method is not None:
         check_method(config)
     check_context(config.model, config.data.cutoff_len)
+    check_sharding(config)
+
+
+SHARDABLE_METHODS = ("lora", "full")  # their save goes through state_dict(), which a sharded run hands gathered
+
+
+def check_sharding(config: RunConfig) -> None:
+    """What a sharded run (fsdp, deepspeed ZeRO-3) cannot do yet, refused before anything loads."""
+    train = config.train
+    if train.distributed != "fsdp" and not (train.distributed == "deepspeed" and train.zero_stage == 3):
+        return
+    if config.method.name not in SHARDABLE_METHODS:
+        raise ConfigError(
+            f"method {config.method.name} is not supported with sharded weights (train.distributed="
+            f"{train.distributed})",
+            field="train.distributed",
+            expected="method " + " or ".join(SHARDABLE_METHODS),
+            hint="use distributed=ddp, or deepspeed with zero_stage=2",
+        )
+    if wants_task_metrics(config):
+        raise ConfigError(
+            "task metrics during training generate on a sharded model, where every process must run the same "
+            "forwards; not supported",
+            field="train.best_metric" if train.best_metric != "eval_loss" else "eval.task_metrics",
+            hint="keep best_metric=eval_loss and score the checkpoints afterwards with tunellm eval",
+        )
 
 
 def check_writable(output_dir: Path) -> None:

@@ -11,6 +11,7 @@ schedule stays tunellm's, stepped only when DeepSpeed applied the step. Resume s
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ class DeepSpeedStrategy(Strategy):
 
         if not dist.is_initialized():  # one process: DeepSpeed still wants a process group, of one
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            for key in ("LOCAL_RANK", "RANK"):
+                os.environ.setdefault(key, "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
         self.deepspeed.init_distributed(dist_backend=dist.get_backend())
 
     def prepare(self, model: Any, make_optimizer: OptimizerFactory) -> tuple[Any, Any]:
