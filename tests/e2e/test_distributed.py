@@ -200,3 +200,20 @@ def test_a_stalled_rank_is_named_and_every_rank_leaves_its_stack_within_twice_th
     assert "stuck: rank 1" in reports["hang-rank0.txt"]
     assert "stall_at" in reports["hang-rank1.txt"]  # the stalled rank's own stack shows where it is
     assert b"stuck: rank 1" in err and b"hang-rank0.txt" in err
+
+
+def test_deepspeed_zero_2_and_3_train_like_one_process_and_resume(setup, tunellm_command, one_process):
+    """Where DeepSpeed is installed (it runs on the CPU with gloo): ZeRO-2 on 2 processes, ZeRO-3 on 1 with
+    doubled accumulation, each to the reference adapter; ZeRO-2 resumes from its own checkpoint."""
+    pytest.importorskip("deepspeed")
+    env, root = setup["env"], setup["root"]
+    zero2, zero3 = root / "zero2", root / "zero3"
+    ds = ["distributed=deepspeed", "report_to=none"]
+    run([*tunellm_command, *train_args(setup, zero2, "--nproc", "2", *ds, "zero_stage=2")], env)
+    run([*tunellm_command, *train_args(setup, zero3, "gradient_accumulation_steps=2", *ds, "zero_stage=3")], env)
+    assert (zero2 / "step-2" / "state" / "latest").is_file()
+    assert_same_adapter(zero2 / ADAPTER, one_process / ADAPTER, atol=1e-5)
+    assert_same_adapter(zero3 / ADAPTER, one_process / ADAPTER, atol=5e-5)  # ZeRO-3 sums in another order
+    again = without_final(zero2, root / "zero2-resumed")
+    run([*tunellm_command, *train_args(setup, again, "--nproc", "2", *ds, "zero_stage=2")], env)
+    assert_same_adapter(again / ADAPTER, zero2 / ADAPTER, atol=1e-6)
