@@ -124,7 +124,7 @@ class DeepSpeedStrategy(Strategy):
 
         folder = checkpoint / optim_state.STATE_DIR
         self.progress("save DeepSpeed state")
-        model.save_checkpoint(str(folder), tag=TAG)
+        model.save_checkpoint(str(folder), tag=TAG, exclude_frozen_parameters=True)  # LoRA: not the base
         if self.is_main:
             optim_state.write_json(folder / "scheduler.json", scheduler.state_dict())
 
