@@ -4,6 +4,7 @@ TUNELLM_TEST_STEP_DELAY=S        sleep S seconds after each step, so a SIGKILL f
 TUNELLM_TEST_HANG_IN_SAVE=N      inside the writing of checkpoint N (files written and fsynced, not yet renamed)
 TUNELLM_TEST_MARKER=PATH         touch PATH and wait to be killed
 TUNELLM_TEST_PID_DIR=DIR         each process writes its pid to DIR/rank{RANK}.pid (to SIGKILL one rank)
+TUNELLM_TEST_TOKENIZED_DIR=DIR   each process that tokenizes (rather than loading the cache) touches DIR/rank{RANK}
 TUNELLM_TEST_STALL=RANK:STEP     process RANK stops (sleeps) after step STEP, touching TUNELLM_TEST_MARKER
 """
 
@@ -20,6 +21,17 @@ def install_hooks() -> None:
     pid_dir = os.environ.get("TUNELLM_TEST_PID_DIR")
     if pid_dir and "RANK" in os.environ:
         (Path(pid_dir) / f"rank{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+    tokenized_dir = os.environ.get("TUNELLM_TEST_TOKENIZED_DIR")
+    if tokenized_dir:
+        from tunellm.data import cache
+
+        tokenize = cache.tokenize_conversations
+
+        def counted(*args, **kwargs):
+            (Path(tokenized_dir) / f"rank{os.environ.get('RANK', '0')}").touch()
+            return tokenize(*args, **kwargs)
+
+        cache.tokenize_conversations = counted
     hang_in_save = os.environ.get("TUNELLM_TEST_HANG_IN_SAVE")
     if hang_in_save:
         fsync_tree = checkpoint._fsync_tree

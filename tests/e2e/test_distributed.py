@@ -84,11 +84,14 @@ def one_process(setup, tunellm_command):
 
 
 @pytest.fixture(scope="module")
-def two_processes(setup, tunellm_command):
-    """`--nproc 2`, accumulation 1, DDP, with TensorBoard on (rank 0 alone must write it)."""
-    output = setup["root"] / "two"
-    command = [*tunellm_command, *train_args(setup, output, "--nproc", "2", "report_to=tensorboard")]
-    return output, run(command, setup["env"])
+def two_processes(setup):
+    """`--nproc 2`, accumulation 1, DDP, with TensorBoard on (rank 0 alone must write it), on a cold cache."""
+    output, tokenized = setup["root"] / "two", setup["root"] / "tokenized"
+    tokenized.mkdir()
+    args = train_args(setup, output, "--nproc", "2", "report_to=tensorboard", f"cache_dir={setup['root'] / 'cold'}")
+    done = run([*HOOKED, *args], {**setup["env"], "TUNELLM_TEST_TOKENIZED_DIR": str(tokenized)})
+    assert [p.name for p in tokenized.iterdir()] == ["rank0"]  # rank 1 waited for the cache and read it
+    return output, done
 
 
 def test_two_ddp_processes_train_the_adapter_of_one_with_twice_the_accumulation(one_process, two_processes):
@@ -163,6 +166,7 @@ def test_fsdp_trains_like_ddp_and_its_sharded_checkpoints_resume_on_another_numb
 
 
 def test_sigkill_of_one_rank_then_the_same_command_resumes_to_the_uninterrupted_adapter(setup, two_processes):
+    """Killed after its step-2 checkpoint, resumed by the same command: as the uninterrupted `two_processes`."""
     output, pids = setup["root"] / "killed", setup["root"] / "pids"
     pids.mkdir()
     args = train_args(setup, output, "--nproc", "2", "report_to=tensorboard")
