@@ -134,6 +134,14 @@ def test_two_torchrun_node_groups_train_together_to_the_adapter_of_one_process(s
     assert_same_adapter(output / ADAPTER, one_process / ADAPTER)
 
 
+def test_accelerate_launch_runs_the_command_unchanged(setup, one_process):
+    output = setup["root"] / "accelerate"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunellm"]
+    run([*launcher, *train_args(setup, output, "report_to=none")], setup["env"])
+    assert_same_adapter(output / ADAPTER, one_process / ADAPTER)
+
+
 def without_final(source: Path, target: Path) -> Path:
     """A copy of a finished run as a run killed after its step-2 checkpoint leaves it."""
     shutil.copytree(source, target)
@@ -178,9 +186,12 @@ def test_sigkill_of_one_rank_then_the_same_command_resumes_to_the_uninterrupted_
         time.sleep(0.05)
     os.kill(int((pids / "rank1.pid").read_text()), signal.SIGKILL)
     _, err = started.communicate(timeout=TIMEOUT)
-    assert started.returncode != 0 and b"rank 1" in err
+    assert started.returncode != 0 and b"rank 1 (exit code -9)" in err
     assert not (output / f"step-{STEPS}").exists()
+    survivor = (output / "hang-rank0.txt").read_text()  # the launcher stopped rank 0, or its collective failed
+    assert "rank 0: " in survivor and "Thread" in survivor
     run(HOOKED + args, setup["env"])  # the same command, no hooks
+    assert not list(output.glob("hang-rank*.txt"))  # a new run clears the old reports
     assert_same_adapter(output / ADAPTER, two_processes[0] / ADAPTER, atol=1e-6)
     assert losses(output) == pytest.approx(losses(two_processes[0]), rel=1e-6)
 

@@ -6,8 +6,9 @@ publishes (count of marks, where, time) to the launcher's key-value store every 
 count. When it has not moved for `ddp_timeout` seconds, the thread reads every process's entry: processes whose
 entry stopped being refreshed are missing (dead or frozen), and of the others those with the fewest marks are
 stuck (the rest wait for them in a collective). When the launcher stops this process because another one died
-(SIGTERM, which the thread takes with `sigtimedwait` so that it is handled even while the main thread sits in a
-C++ collective), the stacks are written the same way. The process group's own timeout is twice ddp_timeout, so
+(SIGTERM), the stacks are written the same way: Python's C-level handler writes the signal to a wakeup pipe that
+the thread watches, so it is handled even while the main thread sits in a C++ collective and never returns to
+Python (whichever thread the kernel delivers it to). The process group's own timeout is twice ddp_timeout, so
 the watchdog speaks first.
 """
 
@@ -18,6 +19,7 @@ import faulthandler
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -79,12 +81,12 @@ class Watchdog:
                 faulthandler.dump_traceback(file, all_threads=True)
         print(f"error: {message}; stacks in {path}", file=sys.stderr, flush=True)
 
-    def _run(self) -> None:
+    def _run(self, wakeup: int) -> None:
         while not self.stopped.is_set():
-            got = signal.sigtimedwait([signal.SIGTERM], self.interval)
+            ready, _, _ = select.select([wakeup], [], [], self.interval)
             if self.stopped.is_set():
                 return
-            if got is not None:
+            if ready and signal.SIGTERM in os.read(wakeup, 64):
                 self.report("stopped by the launcher (another process failed)")
                 os._exit(EXIT_STOPPED)
             with contextlib.suppress(Exception):  # a store that went away must not kill a healthy run
@@ -122,13 +124,19 @@ def watch(strategy: Any, output_dir: Path, timeout: float) -> Iterator[Watchdog 
         old.unlink()  # an earlier run's report would be taken for this one's
     dog = Watchdog(strategy, output_dir, timeout)
     dog._publish()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the watchdog thread instead
-    thread = threading.Thread(target=dog._run, name="tunellm-watchdog", daemon=True)
+    wakeup, written = os.pipe()
+    os.set_blocking(written, False)
+    previous_fd = signal.set_wakeup_fd(written)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # the watchdog thread reports and exits
+    thread = threading.Thread(target=dog._run, args=(wakeup,), name="tunellm-watchdog", daemon=True)
     thread.start()
     try:
         yield dog
     finally:
         dog.stopped.set()
         thread.join(timeout=2 * dog.interval + 1)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.signal(signal.SIGTERM, previous)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(wakeup)
+        os.close(written)
         strategy.progress = lambda where: None
