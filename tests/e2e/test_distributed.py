@@ -111,7 +111,7 @@ def test_two_ddp_processes_train_the_adapter_of_one_with_twice_the_accumulation(
     # the dev loss and the task metrics (each process generates on every other dev row) equal one process's
     (two,), (one,) = evals(output), evals(one_process)
     assert two.keys() == one.keys() and len(two) > 4  # step, epoch, eval_loss, elapsed and task metrics
-    for key in one.keys() - {"elapsed"}:
+    for key in one.keys() - {"elapsed", "epoch"}:  # an odd count of micro-batches is dealt 5 + 5 (one repeated)
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-9), key
     assert len(list((output / "tensorboard").glob("events.*"))) == 1
     assert (output / "loss_curve.png").is_file()
