@@ -24,7 +24,7 @@ The rows themselves live in methods_memory_row.py, run as one process each. The 
 tunellm's own code as `tunellm train` does: `METHODS.get(name)`, its `check` hook
 (a failing check prints "skipped: <reason>"), `load_model(ModelConfig(name_or_path=FOLDER), load_options=the
 method's load_options)` (so QLoRA quantizes at load, as in a real run), `method.apply`,
-`enable_activation_checkpointing` (non-reentrant), `method_optimizer`, an accelerate `Accelerator` with
+`enable_activation_checkpointing` (non-reentrant), `method_optimizer`, the one-process strategy with
 `train.bf16=true` for every row, `build_scheduler` (cosine, lr 2e-4, clipping 1.0) and the loop's own
 `tunellm.train.loop._optimizer_step`, whose loss is `token_loss_sum` (an fp32 cross-entropy summed over the
 trained tokens, divided by their count). The peer row uses the model's own loss (`labels=`).

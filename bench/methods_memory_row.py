@@ -172,21 +172,20 @@ def setup_tunellm(row: str, folder: Path, output_dir: str, steps: int, batch: in
         seed=SEED,
     )
     config = RunConfig(model=ModelConfig(name_or_path=str(folder)), method=options, train=train)
-    from accelerate import Accelerator
+    from tunellm.train.strategy import make_strategy
 
-    accelerator = Accelerator(mixed_precision="bf16")
+    strategy = make_strategy(train)
     if train.gradient_checkpointing:
         enable_activation_checkpointing(model)
     note["phase"] = "optimizer"
-    optimizer = method_optimizer(model, config, method)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = strategy.prepare(model, lambda bare: method_optimizer(bare, config, method))
     scheduler = build_scheduler(optimizer, train, steps)
     model.train()
     note["optimizer"] = type(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).__name__
     note["dtype"] = str(next(p.dtype for p in model.parameters() if p.requires_grad))
 
     def step(data: dict[str, Any]) -> float:
-        loss_sum, tokens, _, _ = _optimizer_step(accelerator, model, optimizer, scheduler, [data], train)
+        loss_sum, tokens = _optimizer_step(strategy, model, optimizer, scheduler, [data], train)[:2]
         return float(loss_sum) / max(tokens, 1)
 
     return model, step

@@ -11,8 +11,7 @@ import pytest
 from test_loop import TOKENIZER, tiny_lora, toy_rows, train_config
 
 from tunellm.errors import TrainingError
-from tunellm.train import checkpoint as checkpoint_module
-from tunellm.train import fit
+from tunellm.train import fit, optim_state
 from tunellm.train.checkpoint import checkpoint_problem, find_resume, list_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,7 +30,7 @@ def copy_run(source: Path, tmp_path: Path) -> Path:
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_reports_and_the_next_run_resumes(tmp_path, caplog):
-    real, calls = checkpoint_module._write_optimizer, []
+    real, calls = optim_state.write_optimizer, []
 
     def fills_up(folder, state):
         calls.append(folder)
@@ -41,7 +40,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_reports_and_the_next_run_resu
 
     config = train_config(tmp_path, max_steps=6, save_steps=2, save_total_limit=1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(checkpoint_module, "_write_optimizer", fills_up)
+        patch.setattr(optim_state, "write_optimizer", fills_up)
         with pytest.raises(TrainingError, match="could not write checkpoint step-4: No space left on device") as error:
             fit(tiny_lora(), TOKENIZER, toy_rows(8), None, config, show_progress=False)
     print(f"\ndisk full: {error.value}")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
@@ -30,6 +29,7 @@ from tunellm.methods.lora import LoraMethod
 from tunellm.models.families import family_for
 from tunellm.train import fit
 from tunellm.train.loop import evaluate as loop_evaluate
+from tunellm.train.strategy import make_strategy
 
 TRIPLE = {
     "predicate": "主演",
@@ -136,7 +136,7 @@ def test_loss_equals_the_training_loops_eval_loss(run, loaded):
     answered = [c for c in conversations if c.has_response]
     options = TokenizeOptions.from_config(loaded.config.data)
     samples = tokenize_conversations(answered, loaded.tokenizer, loaded.template, options)
-    expected = loop_evaluate(Accelerator(cpu=True), loaded.model, samples, 3, pad_id=2)["eval_loss"]
+    expected = loop_evaluate(make_strategy(TrainConfig()), loaded.model, samples, 3, pad_id=2)["eval_loss"]
     assert result.overall["loss"] == pytest.approx(expected, rel=1e-5)
 
 

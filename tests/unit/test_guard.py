@@ -51,26 +51,24 @@ def poison(model, after_calls: int = 0) -> None:
 
 
 def test_a_poisoned_step_changes_nothing_and_names_its_rows(tmp_path, caplog):
-    from accelerate import Accelerator
-
     from tunellm.train.loop import _optimizer_step
     from tunellm.train.optim import build_scheduler, method_optimizer
+    from tunellm.train.strategy import make_strategy
 
     data = dataset(toy_rows(4), poisoned={2})
     model = tiny_lora()
     poison(model)
     config = train_config(tmp_path, gradient_accumulation_steps=2)
-    accelerator = Accelerator()
-    optimizer = method_optimizer(model, config, None)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    strategy = make_strategy(config)
+    model, optimizer = strategy.prepare(model, lambda bare: method_optimizer(bare, config, None))
     scheduler = build_scheduler(optimizer, config, 10)
     good = [collate([data[0], data[1]], 0), collate([data[3]], 0)]
-    assert _optimizer_step(accelerator, model, optimizer, scheduler, good, config)[-1] is True
+    assert _optimizer_step(strategy, model, optimizer, scheduler, good, config)[-1] is True
     before = lora_weights(model)
     moments = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
     lr_before, schedule_before = optimizer.param_groups[0]["lr"], scheduler.last_epoch
     bad = [collate([data[0]], 0), collate([data[2], data[3]], 0)]  # the poisoned row in the 2nd micro-batch
-    loss, _, _, _, stepped = _optimizer_step(accelerator, model, optimizer, scheduler, bad, config)
+    loss, _, _, _, stepped = _optimizer_step(strategy, model, optimizer, scheduler, bad, config)
     assert not stepped and not torch.isfinite(loss)
     for name, weight in lora_weights(model).items():
         assert torch.equal(weight, before[name]), name

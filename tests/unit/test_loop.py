@@ -11,19 +11,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunellm.config.schema import TrainConfig
 from tunellm.errors import ConfigError, ModelError, TrainingError
-from tunellm.train import checkpoint as checkpoint_module
-from tunellm.train import fit
-from tunellm.train.checkpoint import check_complete, find_resume, list_checkpoints, prune
+from tunellm.train import fit, optim_state
+from tunellm.train.checkpoint import STATE_FILES, check_complete, find_resume, list_checkpoints, prune
 from tunellm.train.loop import accumulate_gradients, collate, evaluate
 from tunellm.train.optim import build_scheduler
 from tunellm.train.state import epoch_order
+from tunellm.train.strategy import make_strategy
 
 TOKENIZER = types.SimpleNamespace(pad_token_id=0)
 TIME_KEYS = ("tokens_per_s", "elapsed")
@@ -103,12 +102,12 @@ def test_collate_right_pads_with_masked_labels():
 
 def test_accumulated_gradients_equal_one_big_batch():
     model = tiny_lora(random_b=True)
-    accelerator = Accelerator()
+    strategy = make_strategy(TrainConfig())
     rows = toy_rows(8, lengths=(3, 40))
 
     def grads(batches):
         model.zero_grad(set_to_none=True)
-        loss_sum, tokens = accumulate_gradients(accelerator, model, batches)
+        loss_sum, tokens = accumulate_gradients(strategy, model, batches)
         return float(loss_sum) / tokens, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
     big_loss, big = grads([collate(rows, 0)])
@@ -119,7 +118,7 @@ def test_accumulated_gradients_equal_one_big_batch():
         torch.testing.assert_close(acc[name], big[name], rtol=1e-4, atol=1e-7)
     # The rows differ enough in length that a mean of per-micro-batch means would not pass the checks above.
     per_batch = [
-        float(accumulate_gradients(accelerator, model, [b])[0]) / int((b["labels"][:, 1:] != -100).sum()) for b in small
+        float(accumulate_gradients(strategy, model, [b])[0]) / int((b["labels"][:, 1:] != -100).sum()) for b in small
     ]
     assert abs(sum(per_batch) / len(per_batch) - big_loss) > 1e-3
 
@@ -140,20 +139,6 @@ def test_fit_with_accumulation_logs_the_big_batch_loss(tmp_path):
         assert runs[size]["grad_norm"] == pytest.approx(runs[8]["grad_norm"], rel=1e-4)
 
 
-def reset_accelerate() -> None:
-    """accelerate keeps one process-wide state whose mixed precision cannot change; start a new one."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    reset_accelerate()
-    yield
-    reset_accelerate()
-
-
 def test_gradient_checkpointing_changes_no_number(tmp_path):
     rows = toy_rows(8)
     plain = fit(tiny_lora(random_b=True), TOKENIZER, rows, None, train_config(tmp_path / "a", max_steps=2))
@@ -162,20 +147,18 @@ def test_gradient_checkpointing_changes_no_number(tmp_path):
     assert without_time(checkpointed.history) == without_time(plain.history)
 
 
-@pytest.mark.usefixtures("fresh_accelerate_state")
 def test_bf16_autocast_trains_like_fp32(tmp_path):
     rows = toy_rows(8)
     fp32 = fit(tiny_lora(random_b=True), TOKENIZER, rows, None, train_config(tmp_path / "a", max_steps=2))
-    reset_accelerate()
     bf16 = fit(tiny_lora(random_b=True), TOKENIZER, rows, None, train_config(tmp_path / "b", max_steps=2, bf16=True))
     for got, want in zip(bf16.history, fp32.history, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-2)
 
 
 def test_eval_loss_is_a_token_mean_independent_of_batch_size():
-    model, accelerator, rows = tiny_lora(), Accelerator(), toy_rows(7, lengths=(3, 40))
-    one = evaluate(accelerator, model, rows, 1, 0)["eval_loss"]
-    assert evaluate(accelerator, model, rows, 4, 0)["eval_loss"] == pytest.approx(one, rel=1e-5)
+    model, strategy, rows = tiny_lora(), make_strategy(TrainConfig()), toy_rows(7, lengths=(3, 40))
+    one = evaluate(strategy, model, rows, 1, 0)["eval_loss"]
+    assert evaluate(strategy, model, rows, 4, 0)["eval_loss"] == pytest.approx(one, rel=1e-5)
     assert model.training
 
 
@@ -308,7 +291,7 @@ def test_a_write_cut_short_leaves_no_complete_looking_checkpoint(tmp_path, monke
 
     config = train_config(tmp_path, max_steps=4, save_steps=2)
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint_module, "_write_optimizer", disk_full)
+        patch.setattr(optim_state, "write_optimizer", disk_full)
         with pytest.raises(TrainingError, match="disk full"):
             fit(tiny_lora(), TOKENIZER, toy_rows(8), None, config, show_progress=False)
     out = Path(config.output_dir)
@@ -341,7 +324,7 @@ def test_a_checkpoint_is_complete_with_the_weight_files_its_method_declares(tmp_
 
     folder = tmp_path / "run" / "step-2"
     (folder / "state").mkdir(parents=True)
-    for name in checkpoint_module.STATE_FILES:
+    for name in (*STATE_FILES, "optimizer.json"):
         (folder / "state" / name).write_text("{}")
     save_file({"step": torch.zeros(1)}, str(folder / "state" / "optimizer.safetensors"))
     (folder / "model.safetensors").write_text("")  # completeness looks at names only

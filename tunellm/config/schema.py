@@ -174,6 +174,28 @@ class TrainConfig(Section):
     greater_is_better: bool | None = Field(
         None, description="whether a higher best_metric is better; empty: the metric's own direction"
     )
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
+        "none",
+        description="engine over several processes (launch with tunellm train --nproc N, torchrun or accelerate "
+        "launch): ddp (each process holds the model), fsdp (FSDP2, sharded), deepspeed (ZeRO); none runs as ddp "
+        "when several processes are launched",
+    )
+    zero_stage: Literal[2, 3] | None = Field(
+        None,
+        description="fsdp/deepspeed: 2 shards optimizer state and gradients, 3 also the weights; empty: 3 for fsdp, "
+        "2 for deepspeed",
+    )
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none",
+        description="fsdp/deepspeed: keep state in CPU memory; optimizer (deepspeed), or all (fsdp: parameters, "
+        "gradients and optimizer; deepspeed zero_stage 3: optimizer and parameters)",
+    )
+    ddp_timeout: float = Field(
+        1800,
+        gt=0,
+        description="seconds a process may wait for the others; then every process writes its stack to "
+        "output_dir/hang-rank{N}.txt and the run stops naming the stuck ranks",
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -186,6 +208,23 @@ class TrainConfig(Section):
     def one_precision(self) -> TrainConfig:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 cannot both be true")
+        return self
+
+    @model_validator(mode="after")
+    def distributed_options_fit(self) -> TrainConfig:
+        sharded = self.distributed in ("fsdp", "deepspeed")
+        if self.zero_stage is not None and not sharded:
+            raise ValueError(f"zero_stage applies to distributed=fsdp or deepspeed, not {self.distributed}")
+        if self.offload != "none" and not sharded:
+            raise ValueError(f"offload applies to distributed=fsdp or deepspeed, not {self.distributed}")
+        if self.distributed == "fsdp" and self.offload == "optimizer":
+            raise ValueError("FSDP2 offloads parameters, gradients and optimizer together: use offload=all")
+        if self.distributed == "fsdp" and self.fp16:
+            raise ValueError(
+                "distributed=fsdp trains in bf16 or fp32 here (fp16 would need a sharded scaler): use bf16"
+            )
+        if self.distributed == "deepspeed" and self.offload == "all" and self.zero_stage != 3:
+            raise ValueError("deepspeed offloads parameters only with zero_stage=3 (offload=optimizer works with 2)")
         return self
 
 

@@ -81,7 +81,7 @@ def make_dev_scorer(
         was_training = model.training
         model.eval()
         try:
-            generator = hf_generator(model, tokenizer, template, batch_size)
+            generator = split_over_processes(hf_generator(model, tokenizer, template, batch_size))
             scored, _ = score_conversations(rows, generator, options, tokenize_options, group_by="none")
         finally:
             model.train(was_training)
@@ -95,6 +95,27 @@ def make_dev_scorer(
         return scores
 
     return score
+
+
+def split_over_processes(generator: Any) -> Any:
+    """`generator` run by every process of a multi-process run on its share of the prompts (every world-th), the
+    generations gathered back into prompt order on all of them: no process repeats another's work."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return generator
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def run(prompts: Sequence[Conversation], *args: Any) -> list[Any]:
+        mine = generator(list(prompts)[rank::world], *args)
+        shares: list[Any] = [None] * world
+        dist.all_gather_object(shares, mine)
+        merged: list[Any] = [None] * len(prompts)
+        for owner, share in enumerate(shares):
+            merged[owner::world] = share
+        return merged
+
+    return run
 
 
 def dev_scorer_for(config: RunConfig, tokenizer: Any, template: Template) -> DevScorer | None:

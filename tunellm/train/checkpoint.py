@@ -2,8 +2,9 @@
 
 A checkpoint `output_dir/step-N/` is usable on its own: the trainable weights (a peft adapter or a full model,
 safetensors), the tokenizer and the resolved `config.yaml`. What only resuming needs lies in `step-N/state/`:
-optimizer (safetensors + JSON), scheduler, GradScaler, RNG per process and the TrainState. Nothing is pickled.
-It is written in `.tmp-step-N/`, fsynced, then renamed, so a folder named `step-N` is always complete.
+the optimizer and scheduler state as the distributed strategy writes it (`strategy/`; one process's is pickle-free,
+`optim_state.py`), RNG per process and the TrainState. This file is the folder policy: it is written in
+`.tmp-step-N/` by every process, fsynced, then renamed by the main one, so a folder named `step-N` is always complete.
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ import logging
 import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from tunellm.atomic import fsync_path, write_json_atomic
 from tunellm.errors import ConfigError, ModelError, TrainingError
 from tunellm.methods.base import hook, restore_peft, restore_tensors
+from tunellm.train.optim_state import STATE_DIR, read_json, write_json
 from tunellm.train.state import TrainState, capture_rng, restore_rng
 
 log = logging.getLogger(__name__)
 
 STEP = re.compile(r"step-(\d+)")
 TMP_PREFIX = ".tmp-step-"
-STATE_DIR = "state"
-STATE_FILES = ("trainer_state.json", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_0.json")
+STATE_FILES = ("trainer_state.json", "scheduler.json", "rng_0.json")
+# the optimizer state as each strategy writes it: whole (none, ddp), DCP shards (fsdp), DeepSpeed's own folder
+OPTIMIZER_LAYOUTS = {
+    "none": ("optimizer.safetensors", "optimizer.json"),
+    "fsdp": ("sharded/.metadata",),
+    "deepspeed": ("latest",),
+}
 # the weights a model's own save_pretrained writes (a peft adapter, one file or a sharded index): checkpoints saved
 # without a method; a method names its own in `weight_files`
 PRETRAINED_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
@@ -111,6 +117,9 @@ def weight_files(method: Any | None) -> tuple[str, ...]:
 def check_complete(folder: Path, method: Any | None = None) -> None:
     """Raise an error naming the missing files, what the folder holds and how to go on."""
     missing = [f"{STATE_DIR}/{name}" for name in STATE_FILES if not (folder / STATE_DIR / name).is_file()]
+    if optimizer_layout(folder) is None:  # listed where optimizer.safetensors always was: after trainer_state
+        at = int(f"{STATE_DIR}/{STATE_FILES[0]}" in missing)
+        missing.insert(at, f"{STATE_DIR}/{OPTIMIZER_LAYOUTS['none'][0]} (or the sharded state)")
     weights = weight_files(method)
     if not any((folder / name).is_file() for name in weights):
         missing.append(" or ".join(weights[:2]))
@@ -122,6 +131,14 @@ def check_complete(folder: Path, method: Any | None = None) -> None:
             expected="a step-N folder written by `tunellm train`",
             hint=f"it holds: {', '.join(held) or 'nothing'}. Resume from another step-N folder or set resume=never",
         )
+
+
+def optimizer_layout(folder: Path) -> str | None:
+    """Which strategy's optimizer files `folder/state` holds: none (also ddp), fsdp or deepspeed; None if none."""
+    for name, files in OPTIMIZER_LAYOUTS.items():
+        if all((folder / STATE_DIR / file).is_file() for file in files):
+            return name
+    return None
 
 
 def checkpoint_problem(folder: Path, method: Any | None = None) -> str | None:
@@ -165,45 +182,6 @@ def load_trainable(model: Any, folder: Path, method: Any | None = None) -> None:
     restore(model, folder)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
-
-
-TENSOR_REF = "__tensor__"  # in optimizer.json: this value is the named tensor in optimizer.safetensors
-
-
-def _split_tensors(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """`value` with every tensor (also inside dicts, as bitsandbytes keeps its quantization state) moved out."""
-    if torch.is_tensor(value):
-        tensors[name] = value.detach().cpu().contiguous()
-        return {TENSOR_REF: name}
-    if isinstance(value, dict):
-        return {str(key): _split_tensors(item, f"{name}.{key}", tensors) for key, item in value.items()}
-    return value
-
-
-def _join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {TENSOR_REF}:
-            return tensors[value[TENSOR_REF]]
-        return {key: _join_tensors(item, tensors) for key, item in value.items()}
-    return value
-
-
-def _write_optimizer(folder: Path, state_dict: dict[str, Any]) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    plain = {str(pid): _split_tensors(entry, str(pid), tensors) for pid, entry in state_dict["state"].items()}
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    _write_json(folder / "optimizer.json", {"state": plain, "param_groups": state_dict["param_groups"]})
-
-
-def _read_optimizer(folder: Path) -> dict[str, Any]:
-    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state = {int(pid): _join_tensors(entry, tensors) for pid, entry in meta["state"].items()}
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         fsync_path(path)
@@ -214,7 +192,7 @@ def save_checkpoint(
     output_dir: Path,
     state: TrainState,
     *,
-    accelerator: Any,
+    strategy: Any,
     model: Any,
     optimizer: Any,
     scheduler: Any,
@@ -222,40 +200,39 @@ def save_checkpoint(
     config: dict[str, Any],
     method: Any | None = None,
 ) -> Path:
-    """Write `output_dir/step-N` atomically; every process must call it (each saves its own RNG state).
+    """Write `output_dir/step-N` atomically; every process must call it (each saves its RNG state, and a sharded
+    strategy its shards).
 
     Saving leaves the RNG as it found it, so a run that saved and a run resumed from the save draw the same numbers.
     """
     final = output_dir / f"step-{state.global_step}"
     tmp = output_dir / f"{TMP_PREFIX}{state.global_step}"
-    if accelerator.is_main_process:
+    if strategy.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / STATE_DIR).mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    strategy.barrier()
     rng = capture_rng()
-    _write_json(tmp / STATE_DIR / f"rng_{accelerator.process_index}.json", rng)
-    if accelerator.is_main_process:
-        try:
-            save_trainable(accelerator.unwrap_model(model), tmp, method)
+    try:
+        write_json(tmp / STATE_DIR / f"rng_{strategy.rank}.json", rng)
+        strategy.export(model, tmp, partial(save_trainable, method=method))
+        strategy.save_state(tmp, model, optimizer, scheduler)
+        if strategy.is_main:
             if hasattr(tokenizer, "save_pretrained"):
                 tokenizer.save_pretrained(str(tmp))
             config_text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
-            _write_optimizer(tmp / STATE_DIR, optimizer.state_dict())
-            _write_json(tmp / STATE_DIR / "scheduler.json", scheduler.state_dict())
-            if accelerator.scaler is not None:
-                _write_json(tmp / STATE_DIR / "scaler.json", accelerator.scaler.state_dict())
             state.save(tmp / STATE_DIR / "trainer_state.json")
+        strategy.barrier()
+        if strategy.is_main:
             _fsync_tree(tmp)
-        except OSError as error:
-            raise write_failed(output_dir, tmp, final, error) from error
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    except OSError as error:
+        raise write_failed(output_dir, tmp, final, error) from error
+    if strategy.is_main:
         if final.exists():  # only when a finished run is saved again at the same step
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_path(output_dir)
-    accelerator.wait_for_everyone()
+    strategy.barrier()
     restore_rng(rng)
     return final
 
@@ -275,25 +252,31 @@ def write_failed(output_dir: Path, tmp: Path, final: Path, error: OSError) -> Tr
 
 
 def load_checkpoint(
-    folder: Path, *, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, method: Any | None = None
+    folder: Path, *, strategy: Any, model: Any, optimizer: Any, scheduler: Any, method: Any | None = None
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore weights, optimizer, scheduler and scaler; return the TrainState and this process's RNG state.
 
-    The caller restores the RNG (`state.restore_rng`) last, just before training goes on.
+    The caller restores the RNG (`state.restore_rng`) last, just before training goes on. Any number of processes
+    may resume a checkpoint written by any other number; a process without its own RNG state takes process 0's.
     """
     check_complete(folder, method)
+    layout = optimizer_layout(folder)
+    wanted = "none" if strategy.name == "ddp" else strategy.name
+    if layout != wanted:
+        raise ConfigError(
+            f"the checkpoint holds the optimizer state of train.distributed={layout}, not {strategy.name}",
+            file=str(folder),
+            field="train.distributed",
+            hint=f"resume with train.distributed={layout}, or start a new train.output_dir from its weights "
+            f"(train.init_adapter={folder})",
+        )
     state_dir = folder / STATE_DIR
-    load_trainable(accelerator.unwrap_model(model), folder, method)
-    optimizer.load_state_dict(_read_optimizer(state_dir))
-    scheduler.load_state_dict(json.loads((state_dir / "scheduler.json").read_text(encoding="utf-8")))
-    if accelerator.scaler is not None and (state_dir / "scaler.json").is_file():
-        accelerator.scaler.load_state_dict(json.loads((state_dir / "scaler.json").read_text(encoding="utf-8")))
-    rng_file = state_dir / f"rng_{accelerator.process_index}.json"
+    strategy.load_state(folder, model, optimizer, scheduler, partial(load_trainable, method=method))
+    rng_file = state_dir / f"rng_{strategy.rank}.json"
     if not rng_file.is_file():
-        log.warning("%s has no RNG state for process %d; using process 0's", folder, accelerator.process_index)
+        log.warning("%s has no RNG state for process %d; using process 0's", folder, strategy.rank)
         rng_file = state_dir / "rng_0.json"
-    rng = json.loads(rng_file.read_text(encoding="utf-8"))
-    return TrainState.load(state_dir / "trainer_state.json"), rng
+    return TrainState.load(state_dir / "trainer_state.json"), read_json(rng_file)
 
 
 def config_changes(folder: Path, config: dict[str, Any]) -> list[str]:

@@ -22,20 +22,18 @@ log = logging.getLogger(__name__)
 LISTED = 20  # rows named per bad step
 
 
-def step_is_finite(accelerator: Any, loss_sum: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+def step_is_finite(strategy: Any, loss_sum: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
     """Whether the summed loss (reduced over processes, so all agree) and, without a scaler, the gradient norm
     are finite."""
     values = [loss_sum.detach().float().reshape(1)]
-    if accelerator.scaler is None and grad_norm is not None:
+    if strategy.scaler is None and grad_norm is not None:
         values.append(torch.as_tensor(grad_norm, dtype=torch.float32, device=loss_sum.device).reshape(1))
     return bool(torch.isfinite(torch.cat(values)).all())
 
 
-def skip_step(accelerator: Any, optimizer: Any) -> None:
+def skip_step(strategy: Any, model: Any, optimizer: Any) -> None:
     """Drop the gradients of a bad step; a GradScaler that unscaled them is told to move on (and lower its scale)."""
-    optimizer.zero_grad(set_to_none=True)
-    if accelerator.scaler is not None:
-        accelerator.scaler.update()
+    strategy.skip(model, optimizer)
 
 
 def row_source(dataset: Any, index: int) -> str:

@@ -1,15 +1,14 @@
-"""The training loop: one explicit function on accelerate, the loss a mean over trained tokens.
+"""The training loop: one explicit function, the loss a mean over trained tokens.
 
 Under gradient accumulation the micro-batches of one optimizer step are collated up front, their trained tokens
-counted, and each micro-batch's summed token loss divided by that window's count: the gradient equals one big
-batch's, whatever the row lengths and padding.
+counted (over all processes), and each micro-batch's summed token loss divided by that window's count: the gradient
+equals one big batch's, whatever the row lengths, padding and number of processes. What an engine (DDP, FSDP2,
+DeepSpeed) does differently is the strategy's (`train/strategy/`), so this file has no engine branch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ from tunellm.train.guard import BadStepGuard, skip_batches, skip_step, step_is_f
 from tunellm.train.log import RunLog, check_report_to
 from tunellm.train.loss import IGNORE, LossPath, token_loss_sum, trained_tokens
 from tunellm.train.optim import StepPlan, build_scheduler, method_optimizer
-from tunellm.train.state import TrainState, check_resume_data, data_key, restore_rng
+from tunellm.train.state import TrainState, check_resume_data, data_key, restore_rng, resume_on
+from tunellm.train.strategy import Strategy, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -61,50 +61,35 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _sum_over_processes(accelerator: Any, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return value
-    total = accelerator.reduce(torch.tensor(value, dtype=torch.float64, device=accelerator.device), "sum")
-    return float(total)
-
-
 def accumulate_gradients(
-    accelerator: Any, model: Any, batches: list[dict[str, torch.Tensor]], loss: LossPath = "chunked"
+    strategy: Strategy, model: Any, batches: list[dict[str, torch.Tensor]], loss: LossPath = "chunked"
 ) -> tuple[torch.Tensor, int]:
     """Backward over one optimizer step's micro-batches; return (summed token loss, trained tokens), all processes."""
-    tokens = int(_sum_over_processes(accelerator, sum(trained_tokens(b) for b in batches)))
-    # DDP averages gradients over processes, hence the factor: the result is sum(loss) / tokens of all processes.
-    scale = accelerator.num_processes / max(tokens, 1)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    for i, batch in enumerate(batches):
-        sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model)
-        with sync:
-            with accelerator.autocast():  # the chunked loss calls the model's body, under the wrapper's autocast
-                summed = token_loss_sum(model, _to(batch, accelerator.device), loss)[0]
-            accelerator.backward(summed * scale)
-        loss_sum += summed.detach()
-    if accelerator.num_processes > 1:
-        loss_sum = accelerator.reduce(loss_sum, "sum")
-    return loss_sum, tokens
+    return strategy.accumulate(model, batches, loss)
 
 
 @torch.no_grad()
 def evaluate(
-    accelerator: Any, model: Any, data: Any, batch_size: int, pad_id: int, loss: LossPath = "chunked"
+    strategy: Strategy, model: Any, data: Any, batch_size: int, pad_id: int, loss: LossPath = "chunked"
 ) -> dict[str, float]:
-    """Dev-set loss as the mean over all trained tokens (not a mean of batch means)."""
+    """Dev-set loss as the mean over all trained tokens (not a mean of batch means); each process scores its own
+    batches of rows, then the sums are added up. Every process runs as many forwards (a sharded model's forward
+    is a collective): one short of batches runs an empty-weighted one."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    step = batch_size * accelerator.num_processes
-    for start in range(accelerator.process_index * batch_size, len(data), step):
-        batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))], pad_id)
-        with accelerator.autocast():
-            summed, tokens = token_loss_sum(model, _to(batch, accelerator.device), loss)
-        totals[0] += summed
-        totals[1] += tokens
-    if accelerator.num_processes > 1:
-        totals = accelerator.reduce(totals, "sum")
+    totals = torch.zeros(2, dtype=torch.float64, device=strategy.device)
+    step = batch_size * strategy.world
+    for start in range(0, len(data), step):
+        first = start + strategy.rank * batch_size
+        mine = range(first, min(first + batch_size, len(data)))
+        rows = [data[i] for i in mine] or [data[start]]  # a stand-in whose result is not counted
+        strategy.progress("eval batch")
+        with strategy.autocast():
+            summed, tokens = token_loss_sum(model, _to(collate(rows, pad_id), strategy.device), loss)
+        if len(mine):
+            totals[0] += summed
+            totals[1] += tokens
+    totals = strategy.reduce_sum(totals)
     model.train(was_training)
     return {"eval_loss": float(totals[0] / totals[1].clamp(min=1))}
 
@@ -117,21 +102,18 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0  # any id works: padded positions are masked out of attention and loss
 
 
-def _setup(cfg: TrainConfig, train_data: Any, accelerator: Any | None) -> tuple[Any, Path]:
+def _setup(cfg: TrainConfig, train_data: Any, strategy: Strategy | None) -> tuple[Strategy, Path]:
     check_report_to(cfg.report_to)
     if len(train_data) == 0:
         raise DataError("the training set is empty", hint="check data.train and the data filters")
-    if accelerator is None:
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "no")
+    strategy = strategy or make_strategy(cfg)
     output_dir = Path(cfg.output_dir)
-    if accelerator.is_main_process:
+    if strategy.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         for path in remove_partial(output_dir):
             log.warning("removed %s, a checkpoint that a killed run did not finish writing", path)
-    accelerator.wait_for_everyone()
-    return accelerator, output_dir
+    strategy.barrier()
+    return strategy, output_dir
 
 
 def greater_is_better(cfg: TrainConfig) -> bool:
@@ -156,7 +138,7 @@ def _eval_and_pick_best(cfg: TrainConfig, state: TrainState, metrics: dict[str, 
 
 
 def _optimizer_step(
-    accelerator: Any,
+    strategy: Strategy,
     model: Any,
     optimizer: Any,
     scheduler: Any,
@@ -165,18 +147,14 @@ def _optimizer_step(
 ) -> tuple[torch.Tensor, int, torch.Tensor | None, float, bool]:
     """One optimizer step; returns (summed token loss, trained tokens, grad norm before clipping, lr it ran with,
     whether it stepped: a non-finite loss or gradient skips it, see guard.py)."""
-    loss_sum, tokens = accumulate_gradients(accelerator, model, batches, cfg.loss)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
+    loss_sum, tokens = strategy.accumulate(model, batches, cfg.loss)
+    grad_norm = strategy.clip(model, optimizer, cfg.max_grad_norm)
     lr = optimizer.param_groups[0]["lr"]
-    if not step_is_finite(accelerator, loss_sum, grad_norm):
-        skip_step(accelerator, optimizer)
+    if not step_is_finite(strategy, loss_sum, grad_norm):
+        skip_step(strategy, model, optimizer)
         return loss_sum, tokens, grad_norm, lr, False
-    optimizer.step()
-    if not optimizer.step_was_skipped:  # fp16 overflow: the scaler skipped the step, so the schedule waits
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum, tokens, grad_norm, lr, True
+    measured = strategy.step(model, optimizer, scheduler)  # DeepSpeed clips inside its step, and says the norm
+    return loss_sum, tokens, measured if measured is not None else grad_norm, lr, True
 
 
 def fit(
@@ -186,7 +164,7 @@ def fit(
     dev_data: Any | None,
     config: RunConfig | TrainConfig,
     *,
-    accelerator: Any | None = None,
+    strategy: Strategy | None = None,
     method: Any | None = None,
     show_progress: bool = True,
     dev_scorer: Callable[[Any], dict[str, float]] | None = None,
@@ -199,30 +177,30 @@ def fit(
     and may shape the optimizer; without it the model's own save_pretrained is used.
         `dev_scorer(model)` adds task metrics (generated on dev rows) to each evaluation, for `best_metric`.
         `batcher` forms the micro-batches (default: the one `train.batching` names, see `train/batching.py`).
+        `strategy` runs one process or several (default: the one `train.distributed` names, `train/strategy/`).
     """
     cfg = config.train if isinstance(config, RunConfig) else config
     resolved = (
         config.model_dump(mode="json") if isinstance(config, RunConfig) else {"train": cfg.model_dump(mode="json")}
     )
-    accelerator, output_dir = _setup(cfg, train_data, accelerator)
+    strategy, output_dir = _setup(cfg, train_data, strategy)
     resume_from = find_resume(output_dir, cfg.resume, method=method)
-    from accelerate.utils import set_seed
+    from transformers import set_seed
 
     set_seed(cfg.seed)
     if resume_from is None and cfg.init_adapter:
         load_trainable(model, Path(cfg.init_adapter), method)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    optimizer = method_optimizer(model, config, method)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    pad_id, rank, world = pad_token_id(tokenizer), accelerator.process_index, accelerator.num_processes
-    batcher = batcher or make_batcher(config, accelerator.unwrap_model(model), train_data, pad_id, rank, world)
+    model, optimizer = strategy.prepare(model, lambda bare: method_optimizer(bare, config, method))
+    pad_id, rank, world = pad_token_id(tokenizer), strategy.rank, strategy.world
+    batcher = batcher or make_batcher(config, strategy.unwrap(model), train_data, pad_id, rank, world)
     plan = StepPlan.make(cfg, lambda epoch: len(batcher.epoch(epoch)))
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
     key = data_key(train_data)
-    state, rng = TrainState(data_key=key), None
+    state, rng = TrainState(data_key=key, processes=world), None
     parts = {
-        "accelerator": accelerator,
+        "strategy": strategy,
         "model": model,
         "optimizer": optimizer,
         "scheduler": scheduler,
@@ -231,6 +209,7 @@ def fit(
     if resume_from is not None:
         state, rng = load_checkpoint(resume_from, **parts)
         check_resume_data(state, key, cfg.resume_data_changed, resume_from)
+        resume_on(state, world)
         changed = [k for k in config_changes(resume_from, resolved) if k not in ("train.resume", FORCE_KEY)]
         if changed:
             log.warning("config changed since %s: %s", resume_from, ", ".join(changed))
@@ -243,10 +222,10 @@ def fit(
         config=resolved,
         report_to=cfg.report_to,
         show=show_progress,
-        enabled=accelerator.is_main_process,
+        enabled=strategy.is_main,
     ) as runlog:
         saving = {**parts, "tokenizer": tokenizer, "config": resolved}
-        pending = torch.tensor(state.pending_loss, dtype=torch.float64, device=accelerator.device)
+        pending = torch.tensor(state.pending_loss, dtype=torch.float64, device=strategy.device)
         model.train()
         if rng is not None:
             restore_rng(rng)  # last, so nothing above draws from the restored generators
@@ -258,7 +237,7 @@ def fit(
             micro = order[state.batch_in_epoch : state.batch_in_epoch + cfg.gradient_accumulation_steps]
             batches = [batcher.collate([train_data[i] for i in rows]) for rows in micro]
             loss_sum, tokens, grad_norm, lr, stepped = _optimizer_step(
-                accelerator, model, optimizer, scheduler, batches, cfg
+                strategy, model, optimizer, scheduler, batches, cfg
             )
             if not stepped:  # nothing changed; move past the bad rows, and stop (saving this state) if it persists
                 skip_batches(state, len(micro), len(order))
@@ -292,10 +271,11 @@ def fit(
                 state.pending_tokens, window_started, window_tokens = 0, now, 0
             improved = evaluated = False
             if dev_data is not None and len(dev_data) > 0 and (step % cfg.eval_steps == 0 or last):
-                metrics = evaluate(accelerator, model, dev_data, cfg.per_device_eval_batch_size, pad_id, cfg.loss)
+                metrics = evaluate(strategy, model, dev_data, cfg.per_device_eval_batch_size, pad_id, cfg.loss)
                 if dev_scorer is not None:
-                    with accelerator.autocast():
-                        metrics.update(dev_scorer(accelerator.unwrap_model(model)))
+                    strategy.progress("task metrics")
+                    with strategy.autocast():
+                        metrics.update(dev_scorer(strategy.unwrap(model)))
                 entry = {"step": step, "epoch": epoch, **metrics, "elapsed": round(time.monotonic() - started, 3)}
                 state.history.append(entry)
                 runlog.write(entry)
@@ -303,7 +283,7 @@ def fit(
             if step % cfg.save_steps == 0 or last or improved:
                 state.pending_loss = float(pending)
                 save_checkpoint(output_dir, state, **saving)
-                if accelerator.is_main_process:
+                if strategy.is_main:
                     write_best(output_dir, state, cfg.best_metric, greater_is_better(cfg))
                     prune(output_dir, cfg.save_total_limit, state.best_step)
             if evaluated or step % cfg.save_steps == 0 or last:

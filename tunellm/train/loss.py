@@ -8,7 +8,8 @@ Two paths give the same numbers:
   tokens cost no head compute.
 `chunked` falls back to `reference` where the head is not a plain projection of the last hidden state
 (`chunk_blocker` says why): a LoRA'd or saved-as-module head, logit soft-capping or scaling, prompt learning
-(peft prefixes ride on the wrapper's forward), a DDP wrapper (its forward does the gradient sync), remote code.
+(peft prefixes ride on the wrapper's forward), a DDP wrapper (its forward does the gradient sync), an FSDP-sharded
+model (its top-level forward gathers the weights), remote code.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def chunk_blocker(model: Any) -> str | None:
     """Why the chunked path cannot serve `model` (None: it can)."""
     if isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "module"):
         return "the model is wrapped for data parallelism, whose forward syncs the gradients"
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return "the model is sharded (FSDP), whose top-level forward gathers the weights"
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return "prompt learning adds its prefix in the peft wrapper's forward"

@@ -21,16 +21,21 @@ from tunellm.data.sources import held_out_records
 from tunellm.doctor.gate import preflight
 from tunellm.errors import ConfigError, DataError, ModelError
 from tunellm.evaluate import check_best_metric, dev_scorer_for
+from tunellm.evaluate.dev_scorer import wants_task_metrics
 from tunellm.methods import METHODS
 from tunellm.methods.base import hook
 from tunellm.models.load import check_context, load_model, load_tokenizer_and_template
 from tunellm.train.checkpoint import BEST_FILE, find_resume
 from tunellm.train.log import CURVE_FILE, LOG_FILE, check_report_to
 from tunellm.train.loop import FitResult, fit
+from tunellm.train.strategy import make_strategy
+from tunellm.train.watchdog import watch
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    """Print on the main process only (every process of a multi-process run comes through here)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text, flush=True)
 
 
 def check_inputs(config: RunConfig) -> None:
@@ -52,6 +57,32 @@ def check_inputs(config: RunConfig) -> None:
     if check_method is not None:
         check_method(config)
     check_context(config.model, config.data.cutoff_len)
+    check_sharding(config)
+
+
+SHARDABLE_METHODS = ("lora", "full")  # their save goes through state_dict(), which a sharded run hands gathered
+
+
+def check_sharding(config: RunConfig) -> None:
+    """What a sharded run (fsdp, deepspeed ZeRO-3) cannot do yet, refused before anything loads."""
+    train = config.train
+    if train.distributed != "fsdp" and not (train.distributed == "deepspeed" and train.zero_stage == 3):
+        return
+    if config.method.name not in SHARDABLE_METHODS:
+        raise ConfigError(
+            f"method {config.method.name} is not supported with sharded weights (train.distributed="
+            f"{train.distributed})",
+            field="train.distributed",
+            expected="method " + " or ".join(SHARDABLE_METHODS),
+            hint="use distributed=ddp, or deepspeed with zero_stage=2",
+        )
+    if wants_task_metrics(config):
+        raise ConfigError(
+            "task metrics during training generate on a sharded model, where every process must run the same "
+            "forwards; not supported",
+            field="train.best_metric" if train.best_metric != "eval_loss" else "eval.task_metrics",
+            hint="keep best_metric=eval_loss and score the checkpoints afterwards with tunellm eval",
+        )
 
 
 def check_writable(output_dir: Path) -> None:
@@ -113,10 +144,12 @@ def train_from_config(config: RunConfig, *, force: bool = False) -> FitResult:
     config = config.model_copy(deep=True)
     check_inputs(config)
     # the data is read and tokenized before any weights load: a bad record costs seconds, not a model load
+    strategy = make_strategy(config.train)  # joins the launcher's processes, if any
     tokenizer, family_template = load_tokenizer_and_template(config.model)
     template = choose_template(config.data.train, config.data, tokenizer, family_template)
     say(f"template: {template.name}")
-    train, dev = prepare_data(config, tokenizer, template)
+    with strategy.main_first():  # the main process reads and tokenizes; the others then load its cache
+        train, dev = prepare_data(config, tokenizer, template)
     preflight(config, tokenizer, template, train, force=force, say=say)
     # chat, predict and eval read the template from the checkpoint's config.yaml: store the name, not `auto`
     config.data.template = template.name
@@ -130,8 +163,18 @@ def train_from_config(config: RunConfig, *, force: bool = False) -> FitResult:
     model = method.apply(model, config.method, family)
     say(f"method: {config.method.name}, {trainable_summary(model)}")
     scorer = dev_scorer_for(config, tokenizer, template)
-    result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer)
-    report_outputs(Path(config.train.output_dir), result, config)
+    try:
+        with watch(strategy, Path(config.train.output_dir), config.train.ddp_timeout) as dog:
+            try:
+                result = fit(model, tokenizer, train, dev, config, method=method, dev_scorer=scorer, strategy=strategy)
+            except RuntimeError as error:  # a collective failed: a peer died, or the group timed out
+                if dog is not None:
+                    dog.report(f"a collective failed: {str(error).strip().splitlines()[0][:300]}")
+                raise
+    finally:
+        strategy.close()
+    if strategy.is_main:
+        report_outputs(Path(config.train.output_dir), result, config)
     return result
 
 

@@ -35,6 +35,8 @@ class TrainState:
     pending_tokens: int = 0
     # What the run trains on (`data_key`): a resume with other data would silently walk another order.
     data_key: str = ""
+    # Processes that shared each epoch's micro-batches (dealt in turn): `batch_in_epoch` counts one process's.
+    processes: int = 1
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
@@ -69,6 +71,22 @@ def epoch_order(
     order += order[: per_process * processes - rows]  # every process gets as many rows: DDP steps in lockstep
     mine = order[rank::processes]
     return [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+
+
+def resume_on(state: TrainState, processes: int) -> None:
+    """Carry the data position over to another number of processes: micro-batches are dealt to processes in turn,
+    so `batch_in_epoch` per process of N is batch_in_epoch x N of the epoch's whole list."""
+    if state.processes == processes:
+        return
+    whole = state.batch_in_epoch * state.processes
+    if whole % processes:
+        log.warning(
+            "%d micro-batches of epoch %d were trained by %d processes; %d cannot continue at the same place: "
+            "going back %d micro-batch(es)",
+            whole, state.epoch, state.processes, processes, whole % processes,
+        )  # fmt: skip
+    log.info("resuming the run of %d processes on %d", state.processes, processes)
+    state.batch_in_epoch, state.processes = whole // processes, processes
 
 
 def capture_rng() -> dict[str, Any]:
