@@ -34,7 +34,6 @@ from tunellm.data.record import Conversation
 from tunellm.data.templates import get_template
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
-from tunellm.infer.generate import Stops, find_stops, pad_id_of
 from tunellm.infer.load import CONFIG_FILE, InferenceModel, checkpoint_config, load_for_inference, resolve_checkpoint
 from tunellm.infer.parity import (
     PARITY_FILE,
@@ -47,6 +46,7 @@ from tunellm.infer.parity import (
     render_check,
     run_model,
 )
+from tunellm.infer.stops import Stops, find_stops, pad_id_of
 from tunellm.infer.weight_parity import LayerParity, merge_layers_checked
 from tunellm.methods import METHODS
 from tunellm.models.convert.native import ORIGINAL
