@@ -11,7 +11,9 @@ Commands timed (median of --repeat runs, in this order):
 - chat: `tunellm chat --adapter RUN --prompt "Who are you?" --max-new-tokens 16` with the default model.
 
 `--tree DIR` times the tunellm source tree DIR (put first on PYTHONPATH), e.g. an export of an older commit to
-measure "before". Runs at the caller's priority: measure at normal priority on a quiet machine.
+measure "before". Runs at the caller's priority: measure at normal priority on a quiet machine. Wall time is
+what the user waits for; CPU time (user + system, the process and its children) is printed beside it, as it
+moves far less when other work shares the cores.
 
     .venv/bin/python bench/cli_latency.py --run RUN_FOLDER [--tree DIR] [--repeat 3] [--only help,chat]
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,13 +74,17 @@ def commands(run: str | None, work: Path) -> dict[str, tuple[list[str], tuple[in
     return found
 
 
-def time_once(argv: list[str], ok: tuple[int, ...], env: dict[str, str], cwd: Path) -> float:
+def time_once(argv: list[str], ok: tuple[int, ...], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children): CPU time moves far less than wall time when
+    other work shares the cores."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in ok:
         raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return took
+    return took, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -94,9 +101,20 @@ def main() -> None:
         for name, (argv, ok) in commands(options.run, work).items():
             if options.only and name not in options.only.split(","):
                 continue
-            times = [time_once(argv, ok, env, work) for _ in range(options.repeat)]
-            results[name] = {"median_s": round(statistics.median(times), 2), "runs_s": [round(t, 2) for t in times]}
-            print(f"{name:<14} median {statistics.median(times):6.2f} s  runs {', '.join(f'{t:.2f}' for t in times)}")
+            runs = [time_once(argv, ok, env, work) for _ in range(options.repeat)]
+            times, cpu = [wall for wall, _ in runs], [used for _, used in runs]
+            results[name] = {
+                "median_s": round(statistics.median(times), 2),
+                "runs_s": [round(t, 2) for t in times],
+                "median_cpu_s": round(statistics.median(cpu), 2),
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+            walls = ", ".join(f"{t:.2f}" for t in times)
+            print(
+                f"{name:<14} median {statistics.median(times):6.2f} s wall ({walls}), "
+                f"{statistics.median(cpu):6.2f} s CPU; load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
     load = os.getloadavg()
     print(json.dumps({"tree": str(options.tree), "load_average": [round(x, 2) for x in load], "results": results}))
 

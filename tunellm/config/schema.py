@@ -226,6 +226,8 @@ class GenerateConfig(Section):
     @field_validator("stop", mode="before")
     @classmethod
     def one_stop_is_a_list(cls, value: object) -> object:
+        if value is None:
+            return []
         return [value] if isinstance(value, str) else value
 
     def system_or(self, data: DataConfig) -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunellm.atomic import write_json_atomic
-from tunellm.config.load import load_config
+from tunellm.config.load import Override, load_config
 from tunellm.errors import ConfigError
 from tunellm.evaluate.report import bar_chart, differences, markdown_report
 from tunellm.evaluate.run import (
@@ -45,7 +45,7 @@ class EvalRequest:
     model: str | None = None
     template: str | None = None
     compare: bool = False  # also score the base model (the first adapter switched off)
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str | Override] = field(default_factory=list)
     output: Path | None = None
     batch_size: int = 8
     max_rows: int | None = None

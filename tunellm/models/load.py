@@ -74,10 +74,12 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     load_options: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any, Family]:
     """(model, tokenizer, family), the model on `device` (default: CUDA when available) in eval mode.
 
     `load_options` go to `from_pretrained` as well (a tuning method's quantization_config and compute dtype).
+    `tokenizer`, when given (a checkpoint's own), is used instead of loading the base model's.
     """
     from transformers import AutoConfig
 
@@ -93,7 +95,8 @@ def load_model(
     family = family_for(config.model_type)
     if model_config.rope_scaling is not None:
         apply_rope_scaling(config, model_config.rope_scaling, family.name)
-    tokenizer = load_tokenizer(model_config)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_config)
     attention = resolve_attention(model_config.attn_implementation, config, target, dtype)
     if attention is not None:
         options["attn_implementation"] = attention
