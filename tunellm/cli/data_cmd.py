@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ import typer
 from rich.console import Console
 
 from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
-from tunellm.errors import DataError
+from tunellm.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from tunellm.data.read import ReadResult
@@ -159,8 +158,8 @@ def preview(
     out.print(f"template {inputs.template.name}; [green]trained[/] vs [dim]masked[/]{legend}")
     shown = inputs.result.conversations[start : start + count]
     if not shown:
-        console.print(f"no samples at index {start} (the data has {len(inputs.result.conversations)})")
-        sys.exit(1)
+        held = len(inputs.result.conversations)
+        raise ConfigError(f"no sample at index {start}: the data has {held}", field="--start", expected=f"< {held}")
     for conversation in shown:
         out.rule(str(conversation.source))
         text = Text()
