@@ -187,3 +187,23 @@ def test_stats_writes_a_histogram_only_when_asked(tmp_path):
     assert "histogram" not in json.loads(quiet.stdout) and not list(tmp_path.glob("*.png"))
     asked = tunellm("data", "stats", str(data), "--json", "--histogram", "h.png", cwd=tmp_path)
     assert json.loads(asked.stdout)["histogram"] == "h.png" and (tmp_path / "h.png").is_file()
+
+
+def test_data_commands_load_the_tokenizer_without_torch(default_tokenizer):
+    from tunellm.config.schema import ModelConfig
+    from tunellm.models.tokenizer import load_tokenizer_and_template, model_location, plain_tokenizer_and_template
+
+    code = (
+        "import sys\nfrom tunellm.config.schema import ModelConfig\n"
+        "from tunellm.models.tokenizer import load_tokenizer_and_template\n"
+        "tokenizer, name = load_tokenizer_and_template(ModelConfig())\nprint(name, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert done.stdout.split() == ["hf_chat", "False"], done.stderr
+    tokenizer, name = load_tokenizer_and_template(ModelConfig())  # the plain path gives what AutoTokenizer gives
+    assert type(tokenizer) is type(default_tokenizer) and name == "hf_chat"
+    assert tokenizer.chat_template == default_tokenizer.chat_template
+    for text in ("Hello world", "你好，世界", "<|im_start|>user\nhi<|im_end|>"):
+        assert tokenizer(text)["input_ids"] == default_tokenizer(text)["input_ids"]
+    location, _ = model_location(ModelConfig())
+    assert plain_tokenizer_and_template(location, None, ModelConfig(trust_remote_code=True)) is None

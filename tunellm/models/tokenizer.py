@@ -97,13 +97,20 @@ def check_remote_code(raw: dict[str, Any], model_config: ModelConfig, location: 
     return True
 
 
+# tokenizer classes AutoTokenizer loads as the plain fast tokenizer (transformers 5 names it TokenizersBackend)
+PLAIN_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer_and_template(model_config: ModelConfig) -> tuple[Any, str]:
     """The tokenizer and its family's template name, without loading weights (for data commands)."""
+    location, gguf_file = model_location(model_config)
+    light = plain_tokenizer_and_template(location, gguf_file, model_config)
+    if light is not None:
+        return light
     from transformers import AutoConfig
 
     from tunellm.models.families import family_for
 
-    location, gguf_file = model_location(model_config)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     if gguf_file is None and check_remote_code(read_config_dict(location), model_config, location):
         options["trust_remote_code"] = True
@@ -112,3 +119,36 @@ def load_tokenizer_and_template(model_config: ModelConfig) -> tuple[Any, str]:
     family = family_for(config.model_type)
     family.fix_tokens(tokenizer, None)
     return tokenizer, family.template_for(tokenizer, config)
+
+
+def plain_tokenizer_and_template(location: str, gguf_file: str | None, model_config: ModelConfig) -> Any:
+    """(tokenizer, template name) without `AutoConfig`/`AutoTokenizer`, whose imports pull in torch (seconds of a
+    data command's start-up), for the common case where they would give the same: a local folder of a family
+    tunellm knows, no remote code, and a tokenizer saved as the plain fast class. None otherwise."""
+    import json
+    from types import SimpleNamespace
+
+    from tunellm.models.families import GENERIC, family_for
+
+    folder = Path(location)
+    if gguf_file is not None or not (folder / "tokenizer.json").is_file() or model_config.trust_remote_code:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        saved = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    family = family_for(config.get("model_type"))
+    plain = saved.get("tokenizer_class") in PLAIN_FAST and "auto_map" not in saved and "auto_map" not in config
+    if family is GENERIC or not plain:
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(location)
+    except (OSError, ValueError):
+        return None  # the usual path reports the problem
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    family.fix_tokens(tokenizer, None)
+    return tokenizer, family.template_for(tokenizer, SimpleNamespace(**config))
