@@ -207,3 +207,21 @@ def test_data_commands_load_the_tokenizer_without_torch(default_tokenizer):
         assert tokenizer(text)["input_ids"] == default_tokenizer(text)["input_ids"]
     location, _ = model_location(ModelConfig())
     assert plain_tokenizer_and_template(location, None, ModelConfig(trust_remote_code=True)) is None
+
+
+def test_the_server_fills_what_a_request_leaves_out_from_the_generate_section():
+    from types import SimpleNamespace
+
+    from tunellm.serve.app import sampling
+    from tunellm.serve.protocol import ChatRequest, CompletionRequest
+    from tunellm.serve.settings import ServeSettings
+
+    config = load_config(None, ["generate.temperature=0.6", "generate.top_k=7", "generate.max_new_tokens=40"])
+    served = SimpleNamespace(loaded=SimpleNamespace(config=config))
+    settings = ServeSettings(max_tokens_cap=32)
+    bare = sampling(ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}]), served, settings, 1000)
+    assert (bare.temperature, bare.top_k, bare.max_new_tokens) == (0.6, 7, 32)  # 40, capped at 32
+    asked = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0, max_tokens=5)
+    given = sampling(asked, served, settings, 1000)
+    assert (given.temperature, given.max_new_tokens, given.top_k) == (0.0, 5, 7)
+    assert sampling(CompletionRequest(model="m", prompt="hi"), served, settings, 1000).max_new_tokens == 16
