@@ -225,3 +225,15 @@ def test_the_server_fills_what_a_request_leaves_out_from_the_generate_section():
     given = sampling(asked, served, settings, 1000)
     assert (given.temperature, given.max_new_tokens, given.top_k) == (0.0, 5, 7)
     assert sampling(CompletionRequest(model="m", prompt="hi"), served, settings, 1000).max_new_tokens == 16
+
+
+CHECKPOINT_COMMANDS = [["chat", "--prompt", "x"], ["predict", "d.jsonl", "-o", "o.jsonl"], ["merge", "r", "-o", "out"]]
+
+
+@pytest.mark.parametrize("command", CHECKPOINT_COMMANDS)
+def test_a_mistyped_key_fails_before_the_model_stack_is_imported(command):
+    code = f"import sys\nfrom tunellm.cli.main import main\nsys.argv = ['tunellm', *{command!r}, 'max_stepz=1']\n"
+    code += "try:\n    main()\nexcept SystemExit as end:\n    print(end.code, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert "command line: unknown key 'max_stepz'" in done.stderr and "did you mean" in done.stderr

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from tunellm.cli.args import OVERRIDES, option, shortcuts, split_args
+from tunellm.config.load import check_keys
 
 
 def quiet_loading() -> None:
@@ -48,6 +49,7 @@ def chat(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
     )  # fmt: skip
+    check_keys(flags + overrides)  # a typo fails before the model stack is imported
     from tunellm.infer.chat import ChatSession, chat_loop, one_shot
     from tunellm.infer.load import load_for_inference
 

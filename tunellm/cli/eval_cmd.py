@@ -8,6 +8,7 @@ import typer
 
 from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
 from tunellm.cli.chat_cmd import quiet_loading
+from tunellm.config.load import check_keys
 from tunellm.errors import ConfigError
 
 
@@ -39,6 +40,8 @@ def evaluate(
     data, overrides = split_args(args)
     if not data:
         raise ConfigError("no data files given", expected="tunellm eval DATA... [--adapter PATH]")
+    flags = shortcuts(max_new_tokens=max_new_tokens, backend=backend)
+    check_keys(flags + overrides)  # a typo fails before the model stack is imported
     quiet_loading()
     from tunellm.evaluate import EvalRequest, evaluate_checkpoints
     from tunellm.evaluate.report import markdown_report
@@ -49,7 +52,7 @@ def evaluate(
         model=model,
         template=template,
         compare=compare,
-        overrides=[*shortcuts(max_new_tokens=max_new_tokens, backend=backend), *overrides],
+        overrides=[*flags, *overrides],
         output=output,
         batch_size=batch_size,
         max_rows=max_rows,

@@ -10,6 +10,7 @@ import typer
 
 from tunellm.cli.args import OVERRIDES, option, shortcuts, split_args
 from tunellm.cli.chat_cmd import quiet_loading
+from tunellm.config.load import check_keys
 
 
 def merge(
@@ -41,6 +42,7 @@ def merge(
     chat template, generation config), then check the written model against the adapter: logits and greedy replies.
     """
     _, overrides = split_args(args, files=0)
+    check_keys(overrides)  # a typo fails before the model stack is imported
     quiet_loading()
     from tunellm.infer.merge import MergeOptions, merge_checkpoint
     from tunellm.infer.parity import ParityError

@@ -6,6 +6,7 @@ import typer
 
 from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
 from tunellm.cli.chat_cmd import describe, quiet_loading
+from tunellm.config.load import check_keys
 from tunellm.errors import ConfigError
 
 
@@ -35,6 +36,7 @@ def predict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
         repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
     )  # fmt: skip
+    check_keys(flags + overrides)  # a typo fails before the model stack is imported
     from tunellm.infer.load import load_for_inference
     from tunellm.infer.predict import predict as run_predict
 

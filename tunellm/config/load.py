@@ -162,6 +162,20 @@ def switch_method(method: dict[str, Any], from_file: dict[str, Any], overridden:
     return {key: value for key, value in method.items() if key in chosen.model_fields or key in overridden}
 
 
+def check_keys(overrides: Sequence[str | Override]) -> None:
+    """Refuse malformed overrides and unknown keys, all at once, before anything else: commands whose config comes
+    from a checkpoint (chat, predict, eval, merge) call it first, so a typo fails before torch is imported."""
+    problems = []
+    for item in overrides:
+        text, where = (item.text, item.origin) if isinstance(item, Override) else (item, COMMAND_LINE)
+        try:
+            resolve_key(parse_override(text)[0])
+        except ConfigError as error:
+            problems.append(f"  {where}: {error}".replace("\n", "\n  "))
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the configuration:\n" + "\n".join(problems))
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str | Override] | None = None) -> RunConfig:
     """The file, then the overrides in order (later wins), validated. Every problem is reported at once, each
     naming where its value came from: the file (with its line), the command line, or a flag."""
