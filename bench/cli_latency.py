@@ -8,7 +8,9 @@ Commands timed (median of --repeat runs, in this order):
 - peer-map: the usual script in a fresh process: import datasets and transformers, load the same tokenizer, read
   the same file, `Dataset.from_list(rows).map(fn, batched=True, num_proc=2)` with `fn` tokenizing prompt and reply
   (bench/tokenize_bench.py's (c));
-- chat: `tunellm chat --adapter RUN --prompt "Who are you?" --max-new-tokens 16` with the default model.
+- chat-key-error: `tunellm chat --prompt hi max_stepz=1` (a mistyped key, exit 2);
+- chat: `tunellm chat --adapter RUN --prompt "Who are you?" --max-new-tokens 16` with the default model;
+- chat-startup: the same with `--max-new-tokens 1`: loading, next to no generation.
 
 `--tree DIR` times the tunellm source tree DIR (put first on PYTHONPATH), e.g. an export of an older commit to
 measure "before". Runs at the caller's priority: measure at normal priority on a quiet machine. Wall time is
@@ -68,9 +70,12 @@ def commands(run: str | None, work: Path) -> dict[str, tuple[list[str], tuple[in
         "data-stats": (tunellm("data", "stats", str(ALPACA), "--json", "--skip-bad"), (0,)),
         "peer-map": ([sys.executable, "-c", PEER, str(ALPACA), str(default_model)], (0,)),
     }
+    found["chat-key-error"] = (tunellm("chat", "--prompt", "hi", "max_stepz=1"), (2,))
     if run:
         prompt = ("--prompt", "Who are you?", "--max-new-tokens", "16")
         found["chat"] = (tunellm("chat", "--adapter", run, *prompt), (0,))
+        one = ("--prompt", "Who are you?", "--max-new-tokens", "1")
+        found["chat-startup"] = (tunellm("chat", "--adapter", run, *one), (0,))
     return found
 
 

@@ -179,13 +179,16 @@ def test_stats_tokenizes_each_row_once(monkeypatch, default_tokenizer):
     assert stats.truncated == 1  # the 40-word row passes 60 tokens
 
 
-def test_stats_writes_a_histogram_only_when_asked(tmp_path):
+def test_stats_writes_a_histogram_only_when_asked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n")
-    quiet = tunellm("data", "stats", str(data), "--json", cwd=tmp_path)
-    assert quiet.returncode == 0, quiet.stderr
+    monkeypatch.chdir(tmp_path)
+    quiet = CliRunner().invoke(app, ["data", "stats", str(data), "--json"], catch_exceptions=False)
+    assert quiet.exit_code == 0, quiet.output
     assert "histogram" not in json.loads(quiet.stdout) and not list(tmp_path.glob("*.png"))
-    asked = tunellm("data", "stats", str(data), "--json", "--histogram", "h.png", cwd=tmp_path)
+    asked = CliRunner().invoke(app, ["data", "stats", str(data), "--json", "--histogram", "h.png"])
     assert json.loads(asked.stdout)["histogram"] == "h.png" and (tmp_path / "h.png").is_file()
 
 
