@@ -49,7 +49,7 @@ def serve(
     except ValidationError as error:
         first = error.errors()[0]
         field = "--" + str(first["loc"][0]).replace("_", "-")
-        raise ConfigError(f"{field} {first['input']!r}: {first['msg']}", field=field) from None
+        raise ConfigError(f"{field} = {first['input']!r}: {first['msg']}") from None
     quiet_loading()
     from tunellm.serve.app import create_app
     from tunellm.serve.backends import describe
