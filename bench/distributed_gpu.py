@@ -41,8 +41,9 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
-    from tunellm.config.schema import LoraMethod, RunConfig, TrainConfig
+    from tunellm.config.schema import RunConfig, TrainConfig
     from tunellm.methods import METHODS, enable_activation_checkpointing
+    from tunellm.methods.lora import LoraMethod
     from tunellm.models.families import family_for
     from tunellm.train.loop import _optimizer_step
     from tunellm.train.optim import build_scheduler, method_optimizer

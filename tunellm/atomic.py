@@ -28,6 +28,22 @@ def fsync_path(path: Path) -> None:
         os.close(handle)
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(folder: Path) -> None:
+    """Give `folder` and everything in it the modes a plain `open` or `mkdir` gives (0666 or 0777 less the umask):
+    `tempfile.mkdtemp` makes 0700 folders and safetensors writes 0600 files (through a temporary file of its own),
+    which would leave a merged model or a converted one readable by its owner only."""
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file for writing; on a clean exit it replaces `path`, on an error it is removed."""
@@ -66,7 +82,7 @@ def build_folder_atomically(target: Path, build: Callable[[Path], None]) -> Path
     try:
         build(staging)
         try:
-            staging.chmod(0o755)
+            usual_permissions(staging)
             staging.rename(target)
         except OSError:
             if not (target / "config.json").is_file():  # another process won the race only if it finished

@@ -308,7 +308,7 @@ def test_evaluate_the_run_against_its_base(browser, app, screens):
         box.fill(value)
         box.press("Enter")
     page.get_by_label("Rows (0: all)").fill("2")
-    page.get_by_label("Max new tokens (0: the run's eval.max_new_tokens)").fill("4")
+    page.get_by_label("Max new tokens (0: the run's generate.max_new_tokens)").fill("4")
     page.click("#eval-start")
     wait_text(page, "#eval-state", "evaluation: running", timeout=30)
     wait_text(page, "#eval-state", "evaluation: finished", timeout=150)

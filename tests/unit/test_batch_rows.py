@@ -7,8 +7,9 @@ import pytest
 
 from tunellm.data.record import Conversation, Source, Turn
 from tunellm.data.templates import get_template
-from tunellm.infer.batch import Row, generate_rows, with_stops
-from tunellm.infer.generate import SamplingOptions, encode_prompts, find_stops, generate
+from tunellm.infer.batch import Row, generate_rows
+from tunellm.infer.generate import SamplingOptions, encode_prompts, generate
+from tunellm.infer.stops import find_stops, with_stops
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUESTIONS = ["Hi", "What is 2+2?", "x " * 20, "A"]

@@ -17,7 +17,7 @@ from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from tunellm.cli.main import app
-from tunellm.config.schema import EvalConfig, RunConfig, TrainConfig
+from tunellm.config.schema import EvalConfig, GenerateConfig, RunConfig, TrainConfig
 from tunellm.data.tokenize import TokenizeOptions, tokenize_conversations
 from tunellm.errors import ConfigError
 from tunellm.evaluate import evaluate_model, make_dev_scorer
@@ -99,6 +99,8 @@ def test_eval_compare_end_to_end(run, tmp_path):
         "step-2",
     ]
     assert (out / "metrics.md").read_text() in result.stdout
+    for name in ("base/metrics.json", "step-2/predictions.jsonl", "comparison.json", "metrics.png"):
+        assert str(out / name) in result.output  # says where each file went
     assert (out / "metrics.png").read_bytes().startswith(b"\x89PNG")
     metrics = {name: json.loads((out / name / "metrics.json").read_text()) for name in ("base", "step-2")}
     tuned = metrics["step-2"]
@@ -177,7 +179,8 @@ def test_the_dev_scorer_chooses_the_best_checkpoint_by_a_task_metric(run, loaded
             resume="never",
             best_metric="accuracy",
         ),
-        eval=EvalConfig(max_new_tokens=4, max_rows=3),
+        eval=EvalConfig(max_rows=3),
+        generate=GenerateConfig(max_new_tokens=4),
     )
     conversations = read_eval_data([str(run["data"])], loaded.config)
     scorer = make_dev_scorer(config, loaded.tokenizer, loaded.template, conversations)

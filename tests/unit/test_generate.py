@@ -11,7 +11,8 @@ from tunellm.data.record import Conversation, Source, Turn
 from tunellm.data.templates import get_template
 from tunellm.data.tokenize import encode_conversation
 from tunellm.errors import ConfigError
-from tunellm.infer.generate import SamplingOptions, cut_at_stop, generate, held_back, stream
+from tunellm.infer.generate import SamplingOptions, generate, stream
+from tunellm.infer.stops import cut_at_stop, held_back
 
 SOURCE = Source("chats.jsonl", line=3)
 QUESTIONS = [
@@ -176,7 +177,7 @@ def test_stop_helpers():
 
 
 def test_a_reply_cut_at_max_new_tokens_drops_a_broken_character(default_tokenizer):
-    from tunellm.infer.generate import Stops, finish_text
+    from tunellm.infer.stops import Stops, finish_text
 
     ids = default_tokenizer("您好，我可以提供建议", add_special_tokens=False)["input_ids"]
     cut = ids[:-1]  # in SmolLM2's byte-level vocabulary a Chinese character spans several tokens

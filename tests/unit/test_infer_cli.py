@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
@@ -113,6 +115,25 @@ def test_chat_one_shot_through_the_cli(run, loaded):
     result = CliRunner().invoke(app, ["chat", "--adapter", str(run["run"]), "--prompt", "Hi", "--max-new-tokens", "7"])
     assert result.exit_code == 0, result.output
     assert result.stdout == expected_reply(loaded, "Hi", 7) + "\n"
+
+
+def test_the_generate_section_drives_chat_and_its_flags_are_shortcuts(run, loaded, tmp_path):
+    step = run["run"] / "step-4"
+    key = CliRunner().invoke(app, ["chat", "-a", str(step), "--prompt", "Hi", "generate.max_new_tokens=7"])
+    assert key.exit_code == 0, key.output
+    assert key.stdout == expected_reply(loaded, "Hi", 7) + "\n"  # as --max-new-tokens 7 gives
+    old = tmp_path / "step-4"  # a checkpoint saved before the generate: section, with eval.max_new_tokens
+    shutil.copytree(step, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    saved.pop("generate", None)
+    saved["eval"]["max_new_tokens"] = 3
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    result = CliRunner().invoke(app, ["chat", "--adapter", str(old), "--prompt", "Hi"])
+    assert result.stdout == expected_reply(loaded, "Hi", 3) + "\n"
+    saved["generate"] = {"max_new_tokens": 4}  # the new key wins over the old
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    result = CliRunner().invoke(app, ["chat", "--adapter", str(old), "--prompt", "Hi"])
+    assert result.stdout == expected_reply(loaded, "Hi", 4) + "\n"
 
 
 def test_chat_with_a_wrong_adapter_folder_is_a_clean_error(tmp_path):

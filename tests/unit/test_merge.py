@@ -4,6 +4,7 @@ every merge (and fails a corrupted merge with exit 2 and a report), and what it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,6 +49,10 @@ def test_merge_writes_a_plain_folder_that_matches_the_adapter(checkpoint, tmp_pa
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", PARITY_FILE} <= names
     assert not any(n.endswith((".bin", ".pt")) or n.startswith("adapter") for n in names), names
     assert not list(tmp_path.glob(".merged.*"))  # no staging folder left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [out, out / "model.safetensors", out / "config.json"]}
+    assert set(modes.values()) <= {0o777 & ~mask, 0o666 & ~mask}, modes  # as mkdir/open make them, not 0700/0600
     parity = json.loads((out / PARITY_FILE).read_text())
     assert parity["passed"] and parity["dtype"] == "float32" and len(parity["prompts"]) == 4
     assert parity["max_logit_diff"] < 1e-3 and all(p["greedy"] == "same" for p in parity["prompts"])

@@ -59,7 +59,7 @@ def test_both_configs_carry_the_issue_settings(bench, data, tmp_path):
     assert (config.method.r, config.method.lora_alpha, config.method.lora_dropout) == (16, 32, 0.05)
     assert len(config.method.target_modules) == 7 and config.data.cutoff_len == 512
     assert (config.train.max_steps, config.train.seed, config.train.learning_rate) == (60, 2, 5e-4)
-    assert (config.train.warmup_ratio, config.train.per_device_train_batch_size, config.eval.max_new_tokens) == (
+    assert (config.train.warmup_ratio, config.train.per_device_train_batch_size, config.generate.max_new_tokens) == (
         0.05,
         4,
         24,

@@ -3,48 +3,35 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from tunellm.atomic import write_jsonl_atomic
-from tunellm.config import RunConfig, load_config
-from tunellm.data.prepare import read_data
-from tunellm.data.read import ReadResult
-from tunellm.errors import DataError
+from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
+from tunellm.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from tunellm.data.read import ReadResult
 
 app = typer.Typer(no_args_is_help=True, help="Convert, check and inspect training data.")
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-FILES_HELP = "data files or globs, then optional key=value config overrides"
-FormatOption = typer.Option(None, "--format", "-f", help="data format (default: detected per file)")
-SkipBadOption = typer.Option(False, "--skip-bad", help="skip malformed records, count and list them")
-ConfigOption = typer.Option(None, "--config", "-c", help="a run config whose data section applies")
-ModelOption = typer.Option(None, "--model", "-m", help="model whose tokenizer and template to use")
-TemplateOption = typer.Option(None, "--template", "-t", help="prompt template (default: the model's)")
+FormatOption = option("format")
+SkipBadOption = option("skip_bad", False)
+ConfigOption = option("config", help="a run config whose data (and model) sections apply")
+ModelOption = option("model", help="model whose tokenizer and template to use (model.name_or_path)")
+TemplateOption = option("template", help="prompt template (data.template); default: the model's")
 
 
-def resolve(args: list[str] | None, config: str | None, **shortcuts: Any) -> tuple[RunConfig, list[str]]:
-    """Split positional arguments into files and key=value overrides; flags are shortcuts for keys."""
-    args = args or []
-    overrides = [arg for arg in args if "=" in arg and not Path(arg).exists()]
-    files = [arg for arg in args if arg not in overrides]
-    keys = {
-        "format": "data.format",
-        "skip_bad": "data.skip_bad",
-        "model": "model.name_or_path",
-        "template": "data.template",
-    }
-    for name, value in shortcuts.items():
-        if value not in (None, False):
-            overrides.append(f"{keys[name]}={json.dumps(value) if isinstance(value, bool) else value}")
-    run = load_config(config, overrides)
+def resolve(args: list[str] | None, config: str | None, **flags: Any) -> tuple[Any, list[str]]:
+    """The run config (file, then flags, then key=value) and the data files: those given, else data.train."""
+    from tunellm.config.load import load_config
+
+    files, overrides = split_args(args)
+    run = load_config(config, [*shortcuts(**flags), *overrides])
     return run, files or list(run.data.train)
 
 
@@ -58,14 +45,14 @@ class Inputs:
     options: Any
 
 
-def load_inputs(args: list[str] | None, config: str | None, **shortcuts: Any) -> Inputs:
+def load_inputs(args: list[str] | None, config: str | None, **flags: Any) -> Inputs:
     from transformers.utils import logging
 
-    from tunellm.data.prepare import choose_template
+    from tunellm.data.prepare import choose_template, read_data
     from tunellm.data.tokenize import TokenizeOptions
-    from tunellm.models.load import load_tokenizer_and_template
+    from tunellm.models.tokenizer import load_tokenizer_and_template
 
-    run, files = resolve(args, config, **shortcuts)
+    run, files = resolve(args, config, **flags)
     result = read_data(files, run.data)  # bad data fails before the tokenizer loads
     logging.disable_progress_bar()
     tokenizer, family_template = load_tokenizer_and_template(run.model)
@@ -75,14 +62,17 @@ def load_inputs(args: list[str] | None, config: str | None, **shortcuts: Any) ->
 
 @app.command()
 def convert(
-    args: list[str] = typer.Argument(None, help=FILES_HELP),
-    output: Path = typer.Option(..., "--output", "-o", help="normalized JSON Lines file to write"),
+    args: list[str] = FILES_AND_OVERRIDES,
+    output: Path = option("output", ..., help="normalized JSON Lines file to write"),
     format: str = FormatOption,
     skip_bad: bool = SkipBadOption,
     prediction: bool = typer.Option(False, "--prediction", help="records may lack a response (inputs to predict)"),
     config: str = ConfigOption,
 ) -> None:
     """Read any supported format and write one normalized JSONL file (OpenAI-style messages)."""
+    from tunellm.atomic import write_jsonl_atomic
+    from tunellm.data.prepare import read_data
+
     run, files = resolve(args, config, format=format, skip_bad=skip_bad)
     result = read_data(files, run.data, require_response=not prediction)
     if not result.conversations:  # an empty output would only fail later, in every command that reads it
@@ -98,22 +88,23 @@ def convert(
 
 @app.command()
 def stats(
-    args: list[str] = typer.Argument(None, help=FILES_HELP),
+    args: list[str] = FILES_AND_OVERRIDES,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
-    histogram: Path = typer.Option(Path("token_lengths.png"), "--histogram", help="length histogram PNG to write"),
+    histogram: Path | None = typer.Option(None, "--histogram", help="also write a token-length histogram PNG here"),
     format: str = FormatOption,
     skip_bad: bool = SkipBadOption,
     model: str = ModelOption,
     template: str = TemplateOption,
     config: str = ConfigOption,
 ) -> None:
-    """Rows, bad rows, prompt/response token lengths (describe table), truncation, and a histogram."""
+    """Rows, bad rows, prompt/response token lengths (describe table), truncation; a histogram with --histogram."""
     from tunellm.data.inspect import compute_stats, plot_histogram
 
     inputs = load_inputs(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
     data_stats = compute_stats(inputs.result, inputs.tokenizer, inputs.template, inputs.options)
     summary = data_stats.to_json() | {"template": inputs.template.name}
-    summary["histogram"] = str(plot_histogram(data_stats, histogram))
+    if histogram is not None:
+        summary["histogram"] = str(plot_histogram(data_stats, histogram))
     if as_json:
         typer.echo(json.dumps(summary, ensure_ascii=False))
         return
@@ -122,6 +113,8 @@ def stats(
 
 
 def print_stats(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
     out = Console(highlight=False)
     rows = f"{summary['rows']:,} rows, {summary['bad_rows']:,} bad"
     out.print(f"format {summary['format']}, template {summary['template']}: {rows}")
@@ -138,12 +131,13 @@ def print_stats(summary: dict[str, Any]) -> None:
         out.print(
             "  excluded from training (nothing left to train on): " + ", ".join(summary["fully_masked_sources"][:10])
         )
-    out.print(f"histogram: {summary['histogram']}")
+    if "histogram" in summary:
+        out.print(f"histogram: {summary['histogram']}")
 
 
 @app.command()
 def preview(
-    args: list[str] = typer.Argument(None, help=FILES_HELP),
+    args: list[str] = FILES_AND_OVERRIDES,
     count: int = typer.Option(3, "--count", "-n", help="samples to show"),
     start: int = typer.Option(0, "--start", help="index of the first sample"),
     format: str = FormatOption,
@@ -153,6 +147,8 @@ def preview(
     config: str = ConfigOption,
 ) -> None:
     """Show samples as the model sees them: trained tokens in green, masked (prompt) tokens dimmed."""
+    from rich.text import Text
+
     from tunellm.data.inspect import token_runs
 
     inputs = load_inputs(args, config, format=format, skip_bad=skip_bad, model=model, template=template)
@@ -162,8 +158,8 @@ def preview(
     out.print(f"template {inputs.template.name}; [green]trained[/] vs [dim]masked[/]{legend}")
     shown = inputs.result.conversations[start : start + count]
     if not shown:
-        console.print(f"no samples at index {start} (the data has {len(inputs.result.conversations)})")
-        sys.exit(1)
+        held = len(inputs.result.conversations)
+        raise ConfigError(f"no sample at index {start}: the data has {held}", field="--start", expected=f"< {held}")
     for conversation in shown:
         out.rule(str(conversation.source))
         text = Text()

@@ -10,12 +10,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunellm.cli.config_cmd import split_config_and_overrides
-from tunellm.cli.train_cmd import shortcut_overrides
-from tunellm.config.load import load_config
+from tunellm.cli.args import CONFIG_AND_OVERRIDES, config_and_overrides, option, shortcuts
+from tunellm.cli.train_cmd import DATA, DEV
 
 MARKS = {"pass": "[green]PASS[/]", "warn": "[yellow]WARN[/]", "fail": "[bold red]FAIL[/]"}
-SHARDING = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 
 
 def print_results(results: list[Any], out: Console) -> None:
@@ -26,12 +24,10 @@ def print_results(results: list[Any], out: Console) -> None:
 
 
 def doctor(
-    args: list[str] = typer.Argument(
-        None, metavar="CONFIG.yaml KEY=VALUE", help="a config file (optional), then key=value overrides"
-    ),
-    data: list[str] = typer.Option(None, "--data", help="training file or glob (repeatable): data.train"),
-    dev: list[str] = typer.Option(None, "--dev", help="dev file or glob (repeatable): data.dev"),
-    model: str = typer.Option(None, "--model", help="model name or path: model.name_or_path"),
+    args: list[str] = CONFIG_AND_OVERRIDES,
+    data: list[str] = DATA,
+    dev: list[str] = DEV,
+    model: str = option("model", help="model name or path: model.name_or_path"),
     gpu: str = typer.Option(
         None, "--gpu", help="estimate for this GPU instead of the detected hardware, e.g. H100-80GB"
     ),
@@ -44,16 +40,22 @@ def doctor(
 
     Same arguments as `tunellm train`. Exits 1 when a check fails.
     """
+    from typing import get_args
+
+    from tunellm.config.load import load_config
+    from tunellm.doctor.estimate import Sharding
+    from tunellm.errors import ConfigError
+
+    if sharding not in get_args(Sharding):  # the estimator's own Literal: one list of the choices
+        choices = ", ".join(get_args(Sharding))
+        raise ConfigError(f"--sharding {sharding!r} is unknown", field="--sharding", expected=choices)
+    path, overrides = config_and_overrides(args)
+    config = load_config(path, [*shortcuts(data=data, dev=dev, model=model), *overrides])
     from transformers.utils import logging as hf_logging
 
     from tunellm.doctor import Context, Parallel, run_checks
     from tunellm.doctor.hardware import named_gpu
-    from tunellm.errors import ConfigError
 
-    if sharding not in SHARDING:
-        raise ConfigError(f"unknown sharding '{sharding}'", field="--sharding", expected=", ".join(SHARDING))
-    path, overrides = split_config_and_overrides(args or [])
-    config = load_config(path, shortcut_overrides(data or [], dev or [], None, model) + overrides)
     hf_logging.disable_progress_bar()
     hardware = named_gpu(gpu, gpus) if gpu else None
     context = Context(config, hardware, Parallel(gpus, sharding))

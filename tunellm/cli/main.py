@@ -26,8 +26,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="tunellm: fine-tune chat LLMs on your instruction data. Add --debug for tracebacks.",
+    help="tunellm: fine-tune chat LLMs on your instruction data.",
 )
+
+
+@app.callback()
+def options(
+    debug: bool = typer.Option(
+        False, "--debug", help="on an error, show its traceback (works anywhere on the command line)"
+    ),
+) -> None:
+    """--debug is taken off the command line before parsing (errors.py); it is declared here to show in --help."""
+
+
 # listed in the order of the data flow
 app.add_typer(data_cmd.app, name="data")
 app.command("doctor")(doctor_cmd.doctor)

@@ -8,10 +8,9 @@ from typing import Any
 
 import typer
 
-from tunellm.cli.chat_cmd import DEVICE, MODEL, OVERRIDES, config_overrides, quiet_loading
-from tunellm.errors import ConfigError
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from tunellm.cli.args import OVERRIDES, option, shortcuts, split_args
+from tunellm.cli.chat_cmd import quiet_loading
+from tunellm.config.load import check_keys
 
 
 def merge(
@@ -21,8 +20,8 @@ def merge(
         help="checkpoint folder (step-N), or a training output_dir: its best, else newest, checkpoint",
     ),
     args: list[str] = OVERRIDES,
-    output: Path = typer.Option(..., "--output", "-o", help="folder to write the merged model into"),
-    model: str | None = MODEL,
+    output: Path = option("output", ..., help="folder to write the merged model into"),
+    model: str | None = option("model"),
     data: list[str] | None = typer.Option(
         None, "--data", help="take the parity prompts from these records (any tunellm format); default: built-in"
     ),
@@ -32,17 +31,18 @@ def merge(
         None, "--tolerance", min=0, help="largest logit difference allowed; default by dtype (fp32 1e-3)"
     ),
     dtype: str | None = typer.Option(
-        None, "--dtype", help="auto, float32, bfloat16 or float16: load, merge and save in it; default: the run's"
+        None,
+        "--dtype",
+        help="auto, float32, bfloat16 or float16 (model.dtype): load, merge and save in it; default: the run's",
     ),
-    device: str | None = DEVICE,
+    device: str | None = option("device"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty output folder"),
 ) -> None:
     """Merge a checkpoint into its base model and write a plain transformers folder (safetensors, tokenizer with
     chat template, generation config), then check the written model against the adapter: logits and greedy replies.
     """
-    overrides = config_overrides(args)
-    if dtype is not None and dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}'", field="--dtype", expected=", ".join(DTYPES))
+    _, overrides = split_args(args, files=0)
+    check_keys(overrides)  # a typo fails before the model stack is imported
     quiet_loading()
     from tunellm.infer.merge import MergeOptions, merge_checkpoint
     from tunellm.infer.parity import ParityError
@@ -50,8 +50,7 @@ def merge(
     options = MergeOptions(
         output=output,
         model=model,
-        overrides=overrides,
-        dtype=dtype,
+        overrides=[*shortcuts(dtype=dtype), *overrides],
         device=device,
         data=list(data) if data else None,
         prompts=prompts,

@@ -4,67 +4,48 @@ from __future__ import annotations
 
 import typer
 
-from tunellm.cli.chat_cmd import (
-    ADAPTER,
-    DEVICE,
-    MAX_NEW_TOKENS,
-    MODEL,
-    REPETITION_PENALTY,
-    SEED,
-    TEMPERATURE,
-    TEMPLATE,
-    TOP_K,
-    TOP_P,
-    config_overrides,
-    describe,
-    quiet_loading,
-    sampling_options,
-)
+from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
+from tunellm.cli.chat_cmd import describe, quiet_loading
+from tunellm.config.load import check_keys
 from tunellm.errors import ConfigError
 
 
-def split_data_and_overrides(args: list[str]) -> tuple[list[str], list[str]]:
-    """Data files come first, then key=value overrides."""
-    data = []
-    for arg in args:
-        if "=" in arg:
-            break
-        data.append(arg)
-    return data, config_overrides(args[len(data) :])
-
-
 def predict(
-    args: list[str] = typer.Argument(
-        ..., metavar="DATA... [KEY=VALUE]...", help="data files or globs, then config overrides", show_default=False
-    ),
-    output: str = typer.Option(..., "--output", "-o", help="JSON Lines file to write"),
-    adapter: str | None = ADAPTER,
-    model: str | None = MODEL,
-    template: str | None = TEMPLATE,
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="prompts generated together"),
-    max_new_tokens: int | None = MAX_NEW_TOKENS,
-    temperature: float = TEMPERATURE,
-    top_p: float = TOP_P,
-    top_k: int = TOP_K,
-    repetition_penalty: float = REPETITION_PENALTY,
-    seed: int | None = SEED,
-    device: str | None = DEVICE,
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar on a terminal"),
+    args: list[str] = FILES_AND_OVERRIDES,
+    output: str = option("output", ..., help="JSON Lines file to write"),
+    adapter: str | None = option("adapter"),
+    model: str | None = option("model"),
+    template: str | None = option("template"),
+    batch_size: int = option("batch_size", 8, min=1),
+    max_new_tokens: int | None = option("max_new_tokens"),
+    temperature: float | None = option("temperature"),
+    top_p: float | None = option("top_p"),
+    top_k: int | None = option("top_k"),
+    repetition_penalty: float | None = option("repetition_penalty"),
+    seed: int | None = option("seed"),
+    stop: list[str] | None = option("stop"),
+    system: str | None = option("system", help="system prompt for records without one (generate.system)"),
+    device: str | None = option("device"),
+    progress: bool = option("progress", True),
 ) -> None:
     """Generate a reply for every record of DATA (any tunellm format); records with a reply keep it as reference."""
-    data, overrides = split_data_and_overrides(args)
+    data, overrides = split_args(args)
     if not data:
         raise ConfigError("no data files given", expected="tunellm predict DATA... --output OUT.jsonl")
-    quiet_loading()
+    flags = shortcuts(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
+    )  # fmt: skip
+    check_keys(flags + overrides)  # a typo fails before the model stack is imported
     from tunellm.infer.load import load_for_inference
     from tunellm.infer.predict import predict as run_predict
 
-    loaded = load_for_inference(adapter, model=model, template=template, overrides=overrides, device=device)
+    quiet_loading()
+    loaded = load_for_inference(adapter, model=model, template=template, overrides=flags + overrides, device=device)
     typer.echo(describe(loaded), err=True)
-    options = sampling_options(loaded.config, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
-    summary = run_predict(loaded, data, output, options, batch_size=batch_size, show_progress=progress)
+    summary = run_predict(loaded, data, output, batch_size=batch_size, show_progress=progress)
     for error in summary.skipped[:10]:
         typer.echo(f"skipped: {str(error).splitlines()[0]}", err=True)
     cut = summary.rows - summary.stopped
-    note = f" ({cut} hit --max-new-tokens {options.max_new_tokens})" if cut else ""
+    note = f" ({cut} hit generate.max_new_tokens {loaded.config.generate.max_new_tokens})" if cut else ""
     typer.echo(f"wrote {summary.rows} predictions to {summary.output}{note}", err=True)

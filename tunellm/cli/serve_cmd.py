@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from tunellm.cli.chat_cmd import DEVICE, quiet_loading
+from tunellm.cli.args import option
+from tunellm.cli.chat_cmd import quiet_loading
 from tunellm.errors import ConfigError
 
 
@@ -16,20 +17,18 @@ def serve(
         "default: the embedded default model",
         show_default=False,
     ),
-    adapter: list[str] = typer.Option(  # noqa: B008
-        None, "--adapter", help="NAME=PATH: also serve this checkpoint as model NAME (repeat for more)"
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; 0.0.0.0 opens it to the network"),
-    port: int = typer.Option(8000, "--port"),
+    adapter: list[str] = option("adapter", help="NAME=PATH: also serve this checkpoint as model NAME (repeatable)"),
+    host: str = option("host", "127.0.0.1"),
+    port: int = option("port", 8000),
     api_key: str | None = typer.Option(
         None, "--api-key", help="require Authorization: Bearer KEY on every route but /health [env TUNELLM_API_KEY]"
     ),
-    backend: str = typer.Option("auto", "--backend", help="auto, transformers or vllm (auto: vLLM when usable)"),
-    batch_size: int = typer.Option(16, "--batch-size", help="most requests generated together"),
+    backend: str = option("backend", "auto"),
+    batch_size: int = option("batch_size", 16, help="most requests generated together"),
     batch_wait_ms: float = typer.Option(20, "--batch-wait-ms", help="how long a batch waits for more requests"),
     queue_limit: int = typer.Option(64, "--queue-limit", help="requests queued or running; more get 429"),
     max_tokens_cap: int = typer.Option(512, "--max-tokens-cap", help="the longest reply, whatever is asked"),
-    device: str | None = DEVICE,
+    device: str | None = option("device"),
 ) -> None:
     """Serve models over OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions, /health."""
     from pydantic import ValidationError
@@ -45,18 +44,20 @@ def serve(
             batch_wait_ms=batch_wait_ms,
             queue_limit=queue_limit,
             max_tokens_cap=max_tokens_cap,
+            backend=backend,
         ).with_env_key()
     except ValidationError as error:
         first = error.errors()[0]
         field = "--" + str(first["loc"][0]).replace("_", "-")
-        raise ConfigError(f"{field}: {first['msg']}", field=field) from None
+        raise ConfigError(f"{field} = {first['input']!r}: {first['msg']}") from None
     quiet_loading()
     from tunellm.serve.app import create_app
     from tunellm.serve.backends import describe
     from tunellm.serve.server import build_backend, make_server, parse_adapters
 
     say = lambda text: typer.echo(text, err=True)  # noqa: E731
-    served = build_backend(run_or_model, parse_adapters(adapter or []), backend, settings, device=device, say=say)
+    adapters = parse_adapters(adapter or [])
+    served = build_backend(run_or_model, adapters, settings.backend, settings, device=device, say=say)
     for line in describe(served.models):
         say(line)
     if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):

@@ -3,29 +3,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 import typer
 
-from tunellm.cli.config_cmd import split_config_and_overrides
-from tunellm.config.load import load_config
+from tunellm.cli.args import CONFIG_AND_OVERRIDES, config_and_overrides, option, shortcuts
 
-
-def shortcut_overrides(data: list[str], dev: list[str], output: str | None, model: str | None) -> list[str]:
-    """The flags as key=value overrides; values JSON-encoded so paths with `:` or `*` stay strings."""
-    overrides = []
-    if data:
-        overrides.append(f"data.train={json.dumps(data)}")
-    if dev:
-        overrides.append(f"data.dev={json.dumps(dev)}")
-    if output is not None:
-        overrides.append(f"train.output_dir={json.dumps(output)}")
-    if model is not None:
-        overrides.append(f"model.name_or_path={json.dumps(model)}")
-    return overrides
+DATA = typer.Option(None, "--data", help="training file or glob (repeatable): data.train")
+DEV = typer.Option(None, "--dev", help="dev file or glob (repeatable): data.dev")
 
 
 def show_run_messages() -> None:
@@ -42,16 +29,11 @@ def show_run_messages() -> None:
 
 
 def train(
-    args: list[str] = typer.Argument(
-        None,
-        metavar="CONFIG.yaml KEY=VALUE",
-        help="a config file (optional), then key=value overrides",
-        show_default=False,
-    ),
-    data: list[str] = typer.Option(None, "--data", help="training file or glob (repeatable): data.train"),
-    dev: list[str] = typer.Option(None, "--dev", help="dev file or glob (repeatable): data.dev"),
-    output: str = typer.Option(None, "--output", help="run folder: train.output_dir"),
-    model: str = typer.Option(None, "--model", help="model name or path: model.name_or_path"),
+    args: list[str] = CONFIG_AND_OVERRIDES,
+    data: list[str] = DATA,
+    dev: list[str] = DEV,
+    output: str = option("output", help="run folder: train.output_dir"),
+    model: str = option("model", help="model name or path: model.name_or_path"),
     force: bool = typer.Option(
         False,
         "--force",
@@ -76,9 +58,11 @@ def train(
     certainly fail (a sure out-of-memory, an end-of-turn never generated) is refused before the weights load;
     `tunellm doctor` says why and what would fit, and --force trains anyway.
     """
-    path, overrides = split_config_and_overrides(args or [])
-    forced = ["train.resume_data_changed=restart_epoch"] if force else []
-    config = load_config(path, shortcut_overrides(data or [], dev or [], output, model) + forced + overrides)
+    from tunellm.config.load import Override, load_config
+
+    path, overrides = config_and_overrides(args)
+    forced = [Override("train.resume_data_changed=restart_epoch", "--force")] if force else []
+    config = load_config(path, [*shortcuts(data=data, dev=dev, output=output, model=model), *forced, *overrides])
     show_run_messages()
     from tunellm.cli.launch import launch, under_launcher
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tunellm.cli.args import option
 from tunellm.errors import ConfigError
 
 
@@ -20,12 +21,12 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 
 
 def ui(
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; 0.0.0.0 opens it to the network"),
-    port: int = typer.Option(7860, "--port", help="port to listen on"),
+    host: str = option("host", "127.0.0.1"),
+    port: int = option("port", 7860),
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder of training runs (chat with, train into, score)"),
     root: Path = typer.Option(Path("."), "--root", help="the only folder whose files the pages may read or write"),
     auth: str | None = typer.Option(None, "--auth", help="require a login, given as user:password"),
-    device: str | None = typer.Option(None, "--device", help="device for chat: cpu, cuda ...; default: CUDA if any"),
+    device: str | None = option("device", help="device for chat: cpu, cuda ...; default: CUDA if any"),
 ) -> None:
     """Open the web playground: chat side by side, label data, train and evaluate from the browser."""
     credentials = parse_auth(auth)

@@ -18,6 +18,7 @@ SECTION_TITLES = {
     "method": "how to tune it",
     "train": "the training loop (names follow transformers' TrainingArguments)",
     "eval": "scoring",
+    "generate": "how replies are generated (chat, predict, eval, serve; the CLI's sampling flags set these keys)",
 }
 
 

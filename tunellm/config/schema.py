@@ -229,7 +229,6 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    max_new_tokens: int = Field(128, gt=0, description="longest generated answer")
     max_rows: int | None = Field(200, gt=0, description="rows of the dev set scored by generation during training")
     task_metrics: bool | None = Field(
         None,
@@ -246,12 +245,60 @@ class EvalConfig(Section):
     )
 
 
+class GenerateConfig(Section):
+    """How replies are generated: chat, predict, eval, the server, and merge's parity check (greedy there)."""
+
+    max_new_tokens: int = Field(128, gt=0, description="longest generated reply in tokens (was eval.max_new_tokens)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 is greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the likeliest tokens up to this mass")
+    top_k: int = Field(0, ge=0, description="sample among the K likeliest tokens; 0 is off")
+    repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeats; 1 is off")
+    stop: list[str] = Field(default_factory=list, description="stop strings besides the template's end of turn")
+    seed: int | None = Field(None, description="seed for sampling, for repeatable replies; empty: unseeded")
+    system: str | None = Field(None, description="system prompt for generation; empty: data.system, as in training")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def one_stop_is_a_list(cls, value: object) -> object:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    def system_or(self, data: DataConfig) -> str | None:
+        """The system prompt to generate with: this section's, else the one training used."""
+        return self.system if self.system is not None else data.system
+
+
+# keys that moved: a file or override naming the old key sets the new one (saved checkpoints hold the old keys)
+MOVED_KEYS = {("eval", "max_new_tokens"): ("generate", "max_new_tokens")}
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     method: Method = Field(default_factory=default_method)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def moved_keys(cls, raw: object) -> object:
+        """An old key's value goes to its new place, unless the new key is set too (then the new one wins)."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for (section, key), (to_section, to_key) in MOVED_KEYS.items():
+            old = raw.get(section)
+            if isinstance(old, dict) and key in old:
+                old = raw[section] = dict(old)
+                value = old.pop(key)
+                new = raw.get(to_section)
+                new = dict(new) if isinstance(new, dict) else {} if new is None else new
+                if isinstance(new, dict):
+                    new.setdefault(to_key, value)
+                    raw[to_section] = new
+        return raw
 
 
 SECTIONS: dict[str, list[type[Section]]] = {
@@ -260,10 +307,11 @@ SECTIONS: dict[str, list[type[Section]]] = {
     "method": list(METHOD_CONFIGS),
     "train": [TrainConfig],
     "eval": [EvalConfig],
+    "generate": [GenerateConfig],
 }
 
 
 __all__ = [
-    "FORMAT_NAMES", "SECTIONS", "DataConfig", "EvalConfig", "Method", "ModelConfig", "RopeScaling", "RunConfig",
-    "Section", "TrainConfig",
+    "FORMAT_NAMES", "MOVED_KEYS", "SECTIONS", "DataConfig", "EvalConfig", "GenerateConfig", "Method", "ModelConfig",
+    "RopeScaling", "RunConfig", "Section", "TrainConfig",
 ]  # fmt: skip

@@ -12,7 +12,7 @@ from tunellm.atomic import atomic_open
 from tunellm.data.read import ReadResult
 from tunellm.data.record import Conversation
 from tunellm.data.templates import Template
-from tunellm.data.tokenize import IGNORE_INDEX, TokenizeOptions, tokenize_conversations
+from tunellm.data.tokenize import IGNORE_INDEX, TokenizeOptions, assemble, encode_segments, tokenize_conversations
 
 PERCENTILES = (25, 50, 75, 90)
 UNLIMITED = 1 << 30
@@ -69,10 +69,11 @@ class DataStats:
 def compute_stats(read: ReadResult, tokenizer: Any, template: Template, options: TokenizeOptions) -> DataStats:
     """Lengths before truncation (prompt = untrained tokens, response = trained ones), and what `options` cut."""
     conversations = read.conversations
-    whole = TokenizeOptions(cutoff_len=UNLIMITED, num_workers=options.num_workers)
-    full = tokenize_conversations(conversations, tokenizer, template, whole)
+    segments, sources = encode_segments(conversations, tokenizer, template, options.num_workers)  # encoded once
+    whole = TokenizeOptions(cutoff_len=UNLIMITED)  # prompt = what default masking leaves untrained
+    full = assemble(segments, sources, whole, for_generation=False)
     trained = np.add.reduceat(full.labels != IGNORE_INDEX, full.offsets[:-1]) if len(full) else np.zeros(0, int)
-    actual = tokenize_conversations(conversations, tokenizer, template, options).report
+    actual = assemble(segments, sources, options, for_generation=False).report
     return DataStats(
         formats=read.formats,
         rows=len(conversations),

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from tunellm.data.formats import FORMATS, Format, ReadOptions
-from tunellm.data.formats.base import finish_record, rename_columns, row_error, type_name
+from tunellm.data.formats.base import finish_record, json_problem, rename_columns, row_error, type_name
 from tunellm.data.record import Conversation, Source
 from tunellm.errors import DataError
 from tunellm.registry import did_you_mean
 
 KINDS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
 SNIFF_ROWS = 20  # records looked at to detect a file's format
+SKIP_HINT = "to skip bad records and list them instead: --skip-bad (tunellm data) or data.skip_bad=true"
 ParsedRow = tuple[Source, Any]  # the parsed JSON value, or the DataError of a line that did not parse
 
 
@@ -75,6 +76,7 @@ def read_conversations(
                     result.conversations.append(convert(fmt, row, source, options))
                 except DataError as error:
                     if not skip_bad:
+                        error.hint = "; ".join(filter(None, [error.hint, SKIP_HINT]))
                         raise
                     result.bad.append(error)
     return result
@@ -217,7 +219,7 @@ def array_rows(file: str, text: str) -> list[ParsedRow]:
         raise DataError(too_deep(), file=file, expected="a JSON array of records") from None
     except json.JSONDecodeError as error:
         raise DataError(
-            f"not valid JSON: {error.msg} at column {error.colno}",
+            f"not valid JSON: {json_problem(error)}",
             file=file,
             line=error.lineno,
             expected="a JSON array of records",
@@ -240,7 +242,7 @@ def jsonl_rows(file: str, text: str, kind: str) -> list[ParsedRow]:
         except RecursionError:
             rows.append((source, DataError(too_deep(), file=file, line=number, expected="one JSON object per line")))
         except json.JSONDecodeError as error:
-            message = f"malformed JSON: {error.msg} at column {error.colno}"
+            message = f"malformed JSON: {json_problem(error)}"
             rows.append((source, DataError(message, file=file, line=number, expected="one JSON object per line")))
     return rows
 

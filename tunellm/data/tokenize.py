@@ -171,6 +171,19 @@ def tokenize_conversations(
 ) -> TokenizedDataset:
     """Render, encode, truncate and mask every conversation; generation prompts are never excluded."""
     options = options or TokenizeOptions()
+    segments, sources = encode_segments(conversations, tokenizer, template, options.num_workers, for_generation)
+    return assemble(segments, sources, options, for_generation)
+
+
+def encode_segments(
+    conversations: Iterable[Conversation],
+    tokenizer: Any,
+    template: Template,
+    num_workers: int = 2,
+    for_generation: bool = False,
+) -> tuple[Segments, list[Source]]:
+    """Render and encode every conversation, before any truncation or masking: `assemble` then applies the
+    options, so one encoding serves several (`data stats` measures whole samples and what cutoff_len keeps)."""
     seg_sample: list[int] = []
     seg_trainable: list[bool] = []
     sources: list[Source] = []
@@ -184,11 +197,10 @@ def tokenize_conversations(
                 yield text
 
     with gc_paused():
-        flat, seg_len = encode_texts(tokenizer, texts(), options.num_workers)
+        flat, seg_len = encode_texts(tokenizer, texts(), num_workers)
     parts = flat, seg_len, np.array(seg_sample, np.int64), np.array(seg_trainable, bool)
     bos = bos_to_add(tokenizer)
-    segments = Segments(*(parts if bos is None else prepend_bos(*parts, bos)), len(sources))
-    return assemble(segments, sources, options, for_generation)
+    return Segments(*(parts if bos is None else prepend_bos(*parts, bos)), len(sources)), sources
 
 
 def encode_texts(tokenizer: Any, texts: Iterable[str], num_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:

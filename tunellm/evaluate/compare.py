@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunellm.atomic import write_json_atomic
-from tunellm.config.load import load_config
+from tunellm.config.load import Override, load_config
 from tunellm.errors import ConfigError
 from tunellm.evaluate.report import bar_chart, differences, markdown_report
 from tunellm.evaluate.run import (
@@ -45,7 +45,7 @@ class EvalRequest:
     model: str | None = None
     template: str | None = None
     compare: bool = False  # also score the base model (the first adapter switched off)
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str | Override] = field(default_factory=list)
     output: Path | None = None
     batch_size: int = 8
     max_rows: int | None = None
@@ -124,7 +124,8 @@ def evaluate_checkpoints(request: EvalRequest, say: Callable[[str], None] = _say
         conversations = read_eval_data(request.data, loaded.config, request.max_rows)
         label = label_for(loaded, ["base"] * request.compare + [r.label for r in results])
         say(f"{label}: {describe_model(loaded)}, template {loaded.template.name}, {len(conversations)} records")
-        options = SamplingOptions(max_new_tokens=request.max_new_tokens or loaded.config.eval.max_new_tokens)
+        longest = {"max_new_tokens": request.max_new_tokens} if request.max_new_tokens else {}
+        options = SamplingOptions.from_config(loaded.config.generate, **longest)
         vllm = None
         if backend == "vllm":
             why_not = vllm_cannot_serve(loaded)
@@ -142,7 +143,8 @@ def evaluate_checkpoints(request: EvalRequest, say: Callable[[str], None] = _say
         del loaded, vllm, run
         _free_memory()
     if request.output is not None:
-        write_outputs(results, request.output)
+        written = write_outputs(results, request.output)
+        say("wrote " + ", ".join(str(path) for path in written))
     return results
 
 
@@ -159,22 +161,23 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def write_outputs(results: Sequence[EvalResult], folder: Path) -> dict[str, Path]:
+def write_outputs(results: Sequence[EvalResult], folder: Path) -> list[Path]:
     """metrics.json and predictions.jsonl (per model in a sub-folder when several), metrics.md, metrics.png,
-    and for several models comparison.json with each model's scores and its differences to the first."""
-    written = {"report": folder / REPORT_FILE, "chart": folder / CHART_FILE}
+    and for several models comparison.json with each model's scores and its differences to the first.
+    Returns every file written."""
+    written: list[Path] = []
     if len(results) == 1:
-        write_result(results[0], folder)
+        written += write_result(results[0], folder)
     else:
         for result in results:
-            write_result(result, folder / result.label.replace("/", "_"))
+            written += write_result(result, folder / result.label.replace("/", "_"))
         comparison: dict[str, Any] = {
             "models": {r.label: {"model": r.model, "overall": r.overall, "groups": r.groups} for r in results},
             "differences_to": results[0].label,
             "differences": differences(results),
         }
-        written["comparison"] = folder / COMPARISON_FILE
-        write_json_atomic(written["comparison"], rounded(comparison))
-    written["report"].write_text(markdown_report(results), encoding="utf-8")
-    bar_chart(results, written["chart"])
-    return written
+        write_json_atomic(folder / COMPARISON_FILE, rounded(comparison))
+        written.append(folder / COMPARISON_FILE)
+    (folder / REPORT_FILE).write_text(markdown_report(results), encoding="utf-8")
+    bar_chart(results, folder / CHART_FILE)
+    return [*written, folder / REPORT_FILE, folder / CHART_FILE]

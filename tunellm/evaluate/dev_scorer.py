@@ -73,7 +73,7 @@ def make_dev_scorer(
                 hint="give dev files (data.dev) or set data.dev_split",
             )
         return None
-    options = SamplingOptions(max_new_tokens=config.eval.max_new_tokens)
+    options = SamplingOptions(max_new_tokens=config.generate.max_new_tokens)  # greedy: a steady best checkpoint
     tokenize_options = TokenizeOptions.from_config(config.data)
     batch_size = config.train.per_device_eval_batch_size
 

@@ -55,7 +55,8 @@ def pick_rows(items: Sequence[T], max_rows: int | None) -> list[T]:
 
 
 def read_eval_data(data: list[str], config: RunConfig, max_rows: int | None = None) -> list[Conversation]:
-    conversations = read_data(data, config.data, require_response=False).conversations
+    options = config.data.model_copy(update={"system": config.generate.system_or(config.data)})
+    conversations = read_data(data, options, require_response=False).conversations
     if not conversations:
         raise DataError("no records to evaluate", file=", ".join(data))
     return pick_rows(conversations, max_rows)
@@ -167,10 +168,11 @@ def describe_model(loaded: InferenceModel) -> str:
     return f"{loaded.checkpoint} on {base}" if loaded.checkpoint else base
 
 
-def write_result(result: EvalResult, folder: Path) -> None:
-    """`metrics.json` and `predictions.jsonl` in `folder`."""
+def write_result(result: EvalResult, folder: Path) -> list[Path]:
+    """`metrics.json` and `predictions.jsonl` in `folder`; returns their paths."""
     write_json_atomic(folder / METRICS_FILE, rounded(result.metrics()))
     write_jsonl_atomic(folder / PREDICTIONS_FILE, result.predictions)
+    return [folder / METRICS_FILE, folder / PREDICTIONS_FILE]
 
 
 def rounded(tree: Any, digits: int = 6) -> Any:

@@ -17,8 +17,9 @@ from typing import Any
 from tunellm.data.record import Conversation
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
-from tunellm.infer.generate import Generation, SamplingOptions, Stops, encode_prompts, find_stops
+from tunellm.infer.generate import Generation, SamplingOptions, encode_prompts
 from tunellm.infer.load import ADAPTER_CONFIG, TRAINED_WEIGHTS, InferenceModel
+from tunellm.infer.stops import Stops, find_stops
 from tunellm.models.tokenizer import model_location
 
 GPU_SHARE = 0.5  # the transformers copy of the model (for the loss) stays on the same GPU

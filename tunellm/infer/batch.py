@@ -16,25 +16,10 @@ from typing import Any
 
 import torch
 
-from tunellm.infer.generate import (
-    Generation,
-    SamplingOptions,
-    Stops,
-    decode,
-    finish_text,
-    generation_config,
-    left_pad,
-    model_device,
-    pad_id_of,
-)
+from tunellm.infer.generate import Generation, SamplingOptions, generation_config, left_pad, model_device
+from tunellm.infer.stops import Stops, decode, finish_text, pad_id_of
 
 Emit = Callable[[list[int] | BaseException | None], None]  # new ids; an error; None once the row has ended
-
-
-def with_stops(stops: Stops, extra: Sequence[str]) -> Stops:
-    """`stops` plus a request's own stop strings (checked as text, like the template's multi-token ones)."""
-    added = tuple(dict.fromkeys(s for s in extra if s and s not in stops.texts))
-    return Stops(stops.eos_ids, stops.texts + added, stops.watched + added)
 
 
 @dataclass

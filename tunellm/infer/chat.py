@@ -39,6 +39,19 @@ class ChatSession:
         self.tokenize_options = tokenize_options
         self.turns: list[Turn] = []
 
+    @classmethod
+    def for_model(cls, loaded: Any) -> ChatSession:
+        """A session with a loaded InferenceModel's `generate:` settings, system prompt and data options."""
+        config = loaded.config
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.template,
+            SamplingOptions.from_config(config.generate),
+            system=config.generate.system_or(config.data),
+            tokenize_options=TokenizeOptions.from_config(config.data),
+        )
+
     def conversation(self, message: str) -> Conversation:
         return Conversation([*self.turns, Turn("user", message)], SOURCE, system=self.system)
 

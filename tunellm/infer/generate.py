@@ -2,7 +2,7 @@
 
 Prompts are built by `encode_conversation(..., for_generation=True)`, the tokenizer code training
 uses, so a prompt is token for token the prompt part of a training sample. Generation stops at any
-EOS id and at the template's stop strings; the stop string is cut from the text. Greedy output does
+EOS id and at the template's stop strings (stops.py); the stop string is cut from the text. Greedy output does
 not depend on the batch size: rows are left-padded and masked, and transformers derives position
 ids from the attention mask, so padding changes neither positions nor attention.
 """
@@ -13,16 +13,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from queue import Queue
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from tunellm.config.schema import GenerateConfig
 from tunellm.data.record import Conversation
 from tunellm.data.templates import Template
 from tunellm.data.tokenize import TokenizeOptions, tokenize_conversations
 from tunellm.errors import ConfigError, DataError
-
-FinishReason = Literal["stop", "length"]
+from tunellm.infer.stops import FinishReason, Stops, TextPieces, TextStop, find_stops, finish_text, pad_id_of
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,13 @@ class SamplingOptions:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # stop strings besides the template's
+
+    @classmethod
+    def from_config(cls, generate: GenerateConfig, **changes: Any) -> SamplingOptions:
+        """The `generate:` section's settings (its system prompt is the caller's), with `changes` on top."""
+        values = generate.model_dump(exclude={"system"}) | changes
+        return cls(**(values | {"stop": tuple(values.get("stop") or ())}))
 
     def __post_init__(self) -> None:
         checks = {
@@ -59,76 +66,6 @@ class Generation:
     finish_reason: FinishReason  # "stop": EOS or a stop string; "length": max_new_tokens reached
     prompt_tokens: int
     completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Stops:
-    eos_ids: frozenset[int]  # ids that end a reply: the model's EOS ids and one-token stop strings
-    texts: tuple[str, ...]  # every stop string; the reply text is cut at the first one found
-    watched: tuple[str, ...]  # stop strings of several tokens, which generation checks as text
-
-
-def find_stops(model: Any, tokenizer: Any, template: Template) -> Stops:
-    ids: set[int] = set()
-    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        ids.update([source] if isinstance(source, int) else source or [])
-    watched = []
-    for text in template.stop_strings:
-        pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1:
-            ids.add(pieces[0])
-        elif pieces:
-            watched.append(text)
-    return Stops(frozenset(ids), tuple(s for s in template.stop_strings if s), tuple(watched))
-
-
-def pad_id_of(tokenizer: Any, stops: Stops) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return min(stops.eos_ids) if stops.eos_ids else 0  # padded positions are masked, any id works
-
-
-def decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """The text before the earliest stop string, and whether one was found."""
-    found = [at for at in (text.find(s) for s in stops) if at >= 0]
-    return (text[: min(found)], True) if found else (text, False)
-
-
-def finish_text(tokenizer: Any, ids: Sequence[int], stops: Stops, pad_id: int) -> tuple[str, FinishReason, int]:
-    """(reply text, finish reason, tokens generated) for one row's new ids."""
-    ids = list(ids)
-    end = next((i for i, token in enumerate(ids) if token in stops.eos_ids), None)
-    if end is not None:
-        text, _ = cut_at_stop(decode(tokenizer, ids[:end]), stops.texts)
-        return text, "stop", end + 1
-    text, stopped = cut_at_stop(decode(tokenizer, ids), stops.texts)
-    if not stopped:  # cut at max_new_tokens, possibly inside a multi-byte character
-        return text.rstrip("\ufffd"), "length", len(ids)
-    while ids and ids[-1] == pad_id:  # a row that stopped early is padded to the batch's length
-        ids.pop()
-    return text, "stop", len(ids)
-
-
-class TextStop:
-    """A stopping criterion: per row, whether a multi-token stop string appears in the newly generated text.
-
-    Only the last few tokens are decoded each step: a stop string is caught on the step it completes.
-    """
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.stops = list(stops)
-        self.prompt_length = prompt_length
-        self.window = max(len(s.encode()) for s in stops) + 4  # a token is at least one byte of text
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        new = input_ids[:, self.prompt_length :][:, -self.window :].tolist()
-        done = [any(s in decode(self.tokenizer, row) for s in self.stops) for row in new]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class Cancelled:
@@ -241,7 +178,7 @@ def generate(
     if options.seed is not None:
         torch.manual_seed(options.seed)
     prompts = encode_prompts(conversations, tokenizer, template, tokenize_options)
-    stops = find_stops(model, tokenizer, template)
+    stops = find_stops(model, tokenizer, template, options.stop)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -290,7 +227,7 @@ def stream(
     if options.seed is not None:
         torch.manual_seed(options.seed)
     prompt = encode_prompts([conversation], tokenizer, template, tokenize_options)
-    stops = find_stops(model, tokenizer, template)
+    stops = find_stops(model, tokenizer, template, options.stop)
     ids_queue, cancel = _IdQueue(), threading.Event()
 
     def work() -> None:
@@ -309,42 +246,6 @@ def stream(
         thread.join()
 
 
-class TextPieces:
-    """The text of a growing reply, handed out in pieces that are safe to show.
-
-    Text that might be the start of a stop string (or half a UTF-8 character) is held back until it is
-    known not to be one; `finished` is set once an EOS id or a stop string ends the reply.
-    """
-
-    def __init__(self, tokenizer: Any, stops: Stops) -> None:
-        self.tokenizer = tokenizer
-        self.stops = stops
-        self.ids: list[int] = []
-        self.sent = 0
-        self.finished = False
-
-    def feed(self, new_ids: Sequence[int]) -> str:
-        """The new text that can be shown after `new_ids` (maybe empty)."""
-        self.ids += new_ids
-        end = next((i for i, token in enumerate(self.ids) if token in self.stops.eos_ids), None)
-        text, stopped = cut_at_stop(decode(self.tokenizer, self.ids[:end]), self.stops.texts)
-        if end is not None or stopped:
-            self.finished = True
-            return self._take(text, len(text))
-        return self._take(text, len(text) - held_back(text, self.stops.texts))
-
-    def flush(self) -> str:
-        """The rest of the text, once no more ids will come."""
-        text, _ = cut_at_stop(decode(self.tokenizer, self.ids), self.stops.texts)
-        return self._take(text, len(text))
-
-    def _take(self, text: str, safe: int) -> str:
-        if safe <= self.sent:
-            return ""
-        piece, self.sent = text[self.sent : safe], safe
-        return piece
-
-
 def _pieces(tokenizer: Any, queue: Queue[list[int] | BaseException | None], stops: Stops) -> Iterator[str]:
     pieces = TextPieces(tokenizer, stops)
     while (item := queue.get()) is not None:
@@ -356,16 +257,3 @@ def _pieces(tokenizer: Any, queue: Queue[list[int] | BaseException | None], stop
             return
     if piece := pieces.flush():
         yield piece
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """Characters at the end of `text` to hold back: an unfinished UTF-8 character, or a stop string's start."""
-    if text.endswith("\ufffd"):
-        return len(text) - len(text.rstrip("\ufffd"))
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest

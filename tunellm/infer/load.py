@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunellm.config.load import load_config
+from tunellm.config.load import Override, load_config
 from tunellm.config.schema import RunConfig
 from tunellm.data.prepare import choose_template
 from tunellm.data.templates import Template, get_template
@@ -92,7 +93,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def checkpoint_config(checkpoint: Path | None, overrides: list[str] | None = None) -> RunConfig:
+def checkpoint_config(checkpoint: Path | None, overrides: Sequence[str | Override] | None = None) -> RunConfig:
     """The checkpoint's resolved training config with `key=value` overrides; defaults without a checkpoint.
 
     A peft adapter without config.yaml (trained elsewhere) names its base model in adapter_config.json.
@@ -161,7 +162,7 @@ def load_for_inference(
     *,
     model: str | None = None,
     template: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Sequence[str | Override] | None = None,
     device: str | None = None,
 ) -> InferenceModel:
     """Base model (+ checkpoint), tokenizer and template, in eval mode.
@@ -182,11 +183,12 @@ def load_for_inference(
         config.model.name_or_path = model or str(checkpoint)
     if template is not None:
         config.data.template = template
-    loaded, tokenizer, family = load_model(config.model, device=device)
-    if checkpoint is not None and not full_model:
-        tokenizer = _checkpoint_tokenizer(checkpoint, config, tokenizer)
-        family.fix_tokens(tokenizer, loaded)
-        loaded = _attach(loaded, checkpoint, config, trained_on)
+    adapter_checkpoint = checkpoint if checkpoint is not None and not full_model else None
+    # the checkpoint's tokenizer (what training used) replaces the base model's, which is then never loaded
+    own = _checkpoint_tokenizer(adapter_checkpoint, config, None) if adapter_checkpoint is not None else None
+    loaded, tokenizer, family = load_model(config.model, device=device, tokenizer=own)
+    if adapter_checkpoint is not None:
+        loaded = _attach(loaded, adapter_checkpoint, config, trained_on)
     loaded.eval()
     return InferenceModel(loaded, tokenizer, pick_template(config, tokenizer, family, loaded), config, checkpoint)
 

@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from tunellm.atomic import fsync_path, write_json_atomic
+from tunellm.atomic import fsync_path, usual_permissions, write_json_atomic
+from tunellm.config.load import Override
 from tunellm.config.schema import ModelConfig, RunConfig
 from tunellm.data.record import Conversation
 from tunellm.data.templates import get_template
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
-from tunellm.infer.generate import Stops, find_stops, pad_id_of
 from tunellm.infer.load import CONFIG_FILE, InferenceModel, checkpoint_config, load_for_inference, resolve_checkpoint
 from tunellm.infer.parity import (
     PARITY_FILE,
@@ -47,6 +47,7 @@ from tunellm.infer.parity import (
     render_check,
     run_model,
 )
+from tunellm.infer.stops import Stops, find_stops, pad_id_of
 from tunellm.infer.weight_parity import LayerParity, merge_layers_checked
 from tunellm.methods import METHODS
 from tunellm.models.convert.native import ORIGINAL
@@ -58,7 +59,7 @@ from tunellm.models.tokenizer import model_location
 class MergeOptions:
     output: Path
     model: str | None = None  # base model; default: the one the checkpoint was trained on
-    overrides: list[str] = field(default_factory=list)  # key=value, as for chat
+    overrides: list[str | Override] = field(default_factory=list)  # key=value, as for chat
     dtype: str | None = None  # auto, float32, bfloat16, float16; default: the checkpoint's model.dtype
     device: str | None = None
     data: list[str] | None = None  # parity prompts from these records; default: built-in prompts
@@ -300,7 +301,7 @@ def move_into_place(staging: Path, output: Path) -> None:
     for path in staging.rglob("*"):
         if path.is_file():
             fsync_path(path)
-    staging.chmod(0o755)
+    usual_permissions(staging)  # safetensors writes 0600, mkdtemp makes 0700
     fsync_path(staging)
     if output.exists():
         old = output.with_name(f".{output.name}.replaced-{os.getpid()}")

@@ -28,16 +28,9 @@ from tunellm.data.record import Conversation, Source, Turn
 from tunellm.data.templates import Template
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import TunellmError
-from tunellm.infer.generate import (
-    SamplingOptions,
-    encode_prompts,
-    find_stops,
-    finish_text,
-    generation_config,
-    model_device,
-    pad_id_of,
-)
+from tunellm.infer.generate import SamplingOptions, encode_prompts, generation_config, model_device
 from tunellm.infer.predict import split_reference
+from tunellm.infer.stops import find_stops, finish_text, pad_id_of
 from tunellm.infer.weight_parity import LayerParity
 
 PARITY_FILE = "parity.json"
@@ -150,15 +143,19 @@ def default_tolerance(dtype: torch.dtype) -> float:
 
 
 def parity_conversations(config: RunConfig, data: Sequence[str] | None, count: int) -> list[Conversation]:
-    """The first `count` records of `data` (read with the checkpoint's data options), else built-in prompts."""
+    """The first `count` records of `data` (read with the checkpoint's data options), else built-in prompts; the
+    system prompt is the one chat uses (generate.system, else data.system). Replies are greedy whatever the
+    `generate:` sampling settings: parity compares the two models' likeliest tokens."""
+    system = config.generate.system_or(config.data)
     if data:
-        records = read_data(list(data), config.data, require_response=False).conversations
+        options = config.data.model_copy(update={"system": system})
+        records = read_data(list(data), options, require_response=False).conversations
         return [split_reference(record)[0] for record in records[:count]]
     roles = ("user", "assistant")
     conversations = []
     for k, texts in enumerate(BUILTIN_PROMPTS[:count]):
         turns = [Turn(roles[i % 2], text) for i, text in enumerate(texts)]
-        conversations.append(Conversation(turns, Source("<parity>", index=k), system=config.data.system))
+        conversations.append(Conversation(turns, Source("<parity>", index=k), system=system))
     return conversations
 
 

@@ -99,13 +99,15 @@ def predict(
 ) -> PredictSummary:
     """Generate a reply for every record of `data` and write them to `output` (JSON Lines), in input order.
 
-    Records are read with the loaded config's data options (format, columns, system, placeholders),
-    so they are rendered as in training.
+    Records are read with the loaded config's data options (format, columns, placeholders), so they are rendered
+    as in training; `options` default to the config's `generate:` section, whose system prompt (else data.system)
+    applies to records without one.
     """
     output = Path(output)
     check_output(output, expand_paths(data))
     config = loaded.config
-    result = read_data(data, config.data, require_response=False)
+    data_options = config.data.model_copy(update={"system": config.generate.system_or(config.data)})
+    result = read_data(data, data_options, require_response=False)
     pairs = [split_reference(conversation) for conversation in result.conversations]
     prompts = [prompt for prompt, _ in pairs]
     with progress_bar(len(prompts), show_progress) as on_batch:
@@ -114,7 +116,7 @@ def predict(
             loaded.tokenizer,
             loaded.template,
             prompts,
-            options or SamplingOptions(max_new_tokens=config.eval.max_new_tokens),
+            options or SamplingOptions.from_config(config.generate),
             batch_size=batch_size,
             tokenize_options=TokenizeOptions.from_config(config.data),
             on_batch=on_batch,

@@ -10,7 +10,6 @@ unless `trust_remote_code` is set. `rope_scaling` is set on the config before th
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,13 @@ from tunellm.config.schema import ModelConfig
 from tunellm.errors import ModelError
 from tunellm.models.families import Family, family_for
 from tunellm.models.rope import apply_rope_scaling, check_context_length
-from tunellm.models.tokenizer import load_tokenizer, model_location
+from tunellm.models.tokenizer import (  # noqa: F401 - load_tokenizer_and_template: callers import it from here too
+    check_remote_code,
+    load_tokenizer,
+    load_tokenizer_and_template,
+    model_location,
+    read_config_dict,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -64,67 +69,17 @@ def resolve_attention(choice: str, config: Any, device: torch.device, dtype: tor
     return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
 
 
-def read_config_dict(location: str) -> dict[str, Any]:
-    """config.json as a dict, without running any code it names."""
-    from transformers import PretrainedConfig
-
-    folder = Path(location)
-    looks_local = folder.is_absolute() or location.startswith((".", "~"))
-    if looks_local and not folder.exists():
-        raise ModelError("model folder not found", file=location, field="model.name_or_path")
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        present = sorted(p.name for p in folder.iterdir())
-        raise ModelError(
-            "config.json is missing from the model folder",
-            file=location,
-            expected="a transformers checkpoint folder (config.json, *.safetensors, tokenizer files)",
-            hint="the folder holds: " + (", ".join(present[:20]) or "nothing"),
-        )
-    try:
-        raw, _ = PretrainedConfig.get_config_dict(location)
-    except (OSError, ValueError) as error:
-        raise ModelError(
-            f"cannot read the model config: {error}",
-            file=location,
-            field="model.name_or_path",
-            hint="give a local folder holding config.json, a hub name (online), or a .gguf file",
-        ) from None
-    return raw
-
-
-def check_remote_code(raw: dict[str, Any], model_config: ModelConfig, location: str) -> bool:
-    """Whether loading runs checkpoint-shipped code; raises if it would and the user has not allowed it."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    model_type = raw.get("model_type")
-    if model_type in CONFIG_MAPPING:
-        return False
-    if "auto_map" not in raw:
-        raise ModelError(
-            f"model_type '{model_type}' is unknown to the installed transformers and the checkpoint ships no code",
-            file=location,
-            hint="upgrade transformers, or check that this is a causal language model checkpoint",
-        )
-    if not model_config.trust_remote_code:
-        raise ModelError(
-            f"this checkpoint (model_type '{model_type}') runs model code shipped with it",
-            file=location,
-            field="model.trust_remote_code",
-            expected="true to allow it",
-            hint="read the .py files of the checkpoint, then set model.trust_remote_code=true",
-        )
-    return True
-
-
 def load_model(
     model_config: ModelConfig,
     *,
     device: str | torch.device | None = None,
     load_options: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any, Family]:
     """(model, tokenizer, family), the model on `device` (default: CUDA when available) in eval mode.
 
     `load_options` go to `from_pretrained` as well (a tuning method's quantization_config and compute dtype).
+    `tokenizer`, when given (a checkpoint's own), is used instead of loading the base model's.
     """
     from transformers import AutoConfig
 
@@ -140,7 +95,8 @@ def load_model(
     family = family_for(config.model_type)
     if model_config.rope_scaling is not None:
         apply_rope_scaling(config, model_config.rope_scaling, family.name)
-    tokenizer = load_tokenizer(model_config)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_config)
     attention = resolve_attention(model_config.attn_implementation, config, target, dtype)
     if attention is not None:
         options["attn_implementation"] = attention
@@ -170,21 +126,6 @@ def load_weights(location: str, config: Any, dtype: torch.dtype, options: dict[s
     except (OSError, ValueError) as error:
         field = "model.attn_implementation" if "attn_implementation" in str(error) else "model.name_or_path"
         raise ModelError(f"cannot load the model: {error}", file=location, field=field) from None
-
-
-def load_tokenizer_and_template(model_config: ModelConfig) -> tuple[Any, str]:
-    """The tokenizer and its family's template name, without loading weights (for data commands)."""
-    from transformers import AutoConfig
-
-    location, gguf_file = model_location(model_config)
-    options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    if gguf_file is None and check_remote_code(read_config_dict(location), model_config, location):
-        options["trust_remote_code"] = True
-    config = AutoConfig.from_pretrained(location, **options)
-    tokenizer = load_tokenizer(model_config)
-    family = family_for(config.model_type)
-    family.fix_tokens(tokenizer, None)
-    return tokenizer, family.template_for(tokenizer, config)
 
 
 def check_context(model_config: ModelConfig, cutoff_len: int) -> None:

@@ -21,8 +21,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tunellm.errors import TunellmError
-from tunellm.infer.batch import Row, with_stops
-from tunellm.infer.generate import SamplingOptions, TextPieces
+from tunellm.infer.batch import Row
+from tunellm.infer.generate import SamplingOptions
+from tunellm.infer.stops import TextPieces, with_stops
 from tunellm.serve import protocol
 from tunellm.serve.backends import ServedModel
 from tunellm.serve.protocol import ApiError, ChatRequest, CompletionRequest
@@ -110,14 +111,23 @@ def start(backend: Any, settings: ServeSettings, served: ServedModel, prompt: li
             param="messages" if isinstance(body, ChatRequest) else "prompt",
             code="context_length_exceeded",
         )
-    wanted = body.wanted_tokens() or settings.max_tokens_cap
-    options = SamplingOptions(
+    return Job(backend, served, prompt, sampling(body, served, settings, room), body.stop_strings())
+
+
+def sampling(body: Any, served: ServedModel, settings: ServeSettings, room: int) -> SamplingOptions:
+    """The request's settings; those it leaves out come from the model's `generate:` section (as in chat)."""
+    given = body.model_fields_set
+    generate = served.loaded.config.generate
+    temperature = body.temperature if "temperature" in given else generate.temperature
+    wanted = body.wanted_tokens() or generate.max_new_tokens
+    return SamplingOptions.from_config(
+        generate,
         max_new_tokens=min(wanted, settings.max_tokens_cap, room),
-        temperature=body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0,
-        top_p=body.top_p,
-        seed=body.seed,
+        temperature=temperature if temperature >= MIN_TEMPERATURE else 0.0,
+        top_p=body.top_p if "top_p" in given else generate.top_p,
+        seed=body.seed if "seed" in given else generate.seed,
+        stop=(),  # the model's own are in served.stops; the request's are the Job's
     )
-    return Job(backend, served, prompt, options, body.stop_strings())
 
 
 def create_app(backend: Any, settings: ServeSettings) -> FastAPI:

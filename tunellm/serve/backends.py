@@ -21,7 +21,7 @@ from tunellm.data.record import Conversation
 from tunellm.data.tokenize import TokenizeOptions
 from tunellm.errors import ConfigError
 from tunellm.infer.batch import Row, generate_rows
-from tunellm.infer.generate import Stops, encode_prompts, find_stops
+from tunellm.infer.generate import encode_prompts
 from tunellm.infer.load import (
     InferenceModel,
     add_named_adapter,
@@ -30,6 +30,7 @@ from tunellm.infer.load import (
     load_for_inference,
     resolve_checkpoint,
 )
+from tunellm.infer.stops import Stops, find_stops
 from tunellm.serve.scheduler import Scheduler
 from tunellm.serve.settings import ServeSettings
 
@@ -54,12 +55,12 @@ class ServedModel:
         context = getattr(config, "max_position_embeddings", None) or 2048
         # cutoff_len is lifted: a prompt longer than the context is refused, never silently cut
         options = dataclasses.replace(TokenizeOptions.from_config(loaded.config.data), cutoff_len=UNLIMITED)
-        stops = find_stops(loaded.model, loaded.tokenizer, loaded.template)
+        stops = find_stops(loaded.model, loaded.tokenizer, loaded.template, loaded.config.generate.stop)
         return cls(name, loaded, adapter, stops, dataclasses.replace(options, num_workers=1), context, int(time.time()))
 
     @property
     def system(self) -> str | None:
-        return self.loaded.config.data.system
+        return self.loaded.config.generate.system_or(self.loaded.config.data)
 
     def encode_chat(self, conversation: Conversation) -> list[int]:
         loaded = self.loaded

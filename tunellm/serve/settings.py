@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +20,7 @@ class ServeSettings(BaseModel):
     batch_wait_ms: float = Field(20, ge=0)  # how long a batch waits for more requests to arrive
     queue_limit: int = Field(64, ge=1)  # requests queued or running; more get 429
     max_tokens_cap: int = Field(512, ge=1)  # the longest reply, whatever a request asks for
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM when usable
 
     def with_env_key(self) -> ServeSettings:
         """The API key from TUNELLM_API_KEY when none was given."""

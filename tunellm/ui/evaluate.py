@@ -78,7 +78,7 @@ def build(root: Path, runs: Path, list_runs: Any, choose_files: Any, demo: Any) 
         refresh = gr.Button("Rescan", scale=0)
     with gr.Row():
         max_rows = gr.Number(20, precision=0, label="Rows (0: all)")
-        max_new = gr.Number(64, precision=0, label="Max new tokens (0: the run's eval.max_new_tokens)")
+        max_new = gr.Number(64, precision=0, label="Max new tokens (0: the run's generate.max_new_tokens)")
         go = gr.Button("Evaluate base vs tuned", variant="primary", elem_id="eval-start")
     state = gr.Markdown(elem_id="eval-state")
     table = gr.Markdown(elem_id="eval-table")

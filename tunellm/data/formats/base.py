@@ -202,6 +202,14 @@ def check_ending(turns: list[Turn], key: str, source: Source, options: ReadOptio
     return turns
 
 
+def json_problem(error: json.JSONDecodeError, *, at: str = "column") -> str:
+    """The decoder's message with its position, in our words. Its messages that point back to where something
+    started end in "at" ("Unterminated string starting at"), which a plain " at column" suffix would double."""
+    message = error.msg[:1].lower() + error.msg[1:] if error.msg else "cannot parse"
+    where = f"column {error.colno}" if at == "column" else f"character {error.pos}"
+    return f"{message.removesuffix(' at')} at {where}"
+
+
 def parse_tools(value: Any, source: Source, key: str = "tools") -> list[dict[str, Any]] | None:
     """Tool schemas from a list or from JSON text of one, in OpenAI's {type: function, function: schema} form
     (what HF chat templates and `Conversation.to_json` expect)."""
@@ -212,7 +220,8 @@ def parse_tools(value: Any, source: Source, key: str = "tools") -> list[dict[str
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise row_error(source, f"is not valid JSON: {error.msg} at character {error.pos}", key, expected) from None
+            problem = json_problem(error, at="character")
+            raise row_error(source, f"is not valid JSON: {problem}", key, expected) from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):

@@ -32,22 +32,16 @@ def token_text(tokenizer: Any, token_id: int) -> str:
 
 def stop_ids(context: Context) -> tuple[set[int], list[str]]:
     """The ids generation stops on (generation config, tokenizer EOS, the family's extra stops, one-token stop
-    strings), and the stop strings checked as text, as `infer.generate.find_stops` gathers them."""
-    tokenizer, template = context.tokenizer, context.template
+    strings), and the stop strings checked as text: `infer.stops.find_stops` on a stand-in model."""
+    from tunellm.infer.stops import find_stops
+
     generation = SimpleNamespace(eos_token_id=context.generation_config.get("eos_token_id"), pad_token_id=0)
     if generation.eos_token_id is None:
         generation.eos_token_id = context.model_config.get("eos_token_id")
     stand_in = SimpleNamespace(config=SimpleNamespace(pad_token_id=0), generation_config=generation)
-    context.family.fix_tokens(tokenizer, stand_in)  # families add their stop tokens to the model's generation config
-    ids = ids_of(generation.eos_token_id) | ids_of(tokenizer.eos_token_id)
-    watched = []
-    for text in template.stop_strings:
-        pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1:
-            ids.add(pieces[0])
-        elif pieces:
-            watched.append(text)
-    return ids, watched
+    context.family.fix_tokens(context.tokenizer, stand_in)  # families add their stop tokens to the generation config
+    stops = find_stops(stand_in, context.tokenizer, context.template)
+    return set(stops.eos_ids), list(stops.watched)
 
 
 def learned_end(context: Context) -> tuple[str, list[int]]:
