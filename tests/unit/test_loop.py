@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import types
 from pathlib import Path
@@ -230,6 +231,10 @@ def test_checkpoint_holds_everything_to_use_and_resume(tmp_path):
     assert result.last_checkpoint == folder
     for name in ("adapter_model.safetensors", "adapter_config.json", "config.yaml", "tokenizer.json"):
         assert (folder / name).is_file(), name
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [folder, folder / "adapter_model.safetensors"]}
+    assert set(modes.values()) <= {0o777 & ~mask, 0o666 & ~mask}, modes  # not safetensors' 0600
     state = json.loads((folder / "state" / "trainer_state.json").read_text())
     # 6 rows = 3 micro-batches a epoch; step 1 takes 2, step 2 the last one, so step 4 ends epoch 2.
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 2, 0)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tunellm.atomic import fsync_path, write_json_atomic
+from tunellm.atomic import fsync_path, usual_permissions, write_json_atomic
 from tunellm.errors import ConfigError, ModelError, TrainingError
 from tunellm.methods.base import hook, restore_peft, restore_tensors
 from tunellm.train.optim_state import STATE_DIR, read_json, write_json
@@ -224,6 +224,7 @@ def save_checkpoint(
             state.save(tmp / STATE_DIR / "trainer_state.json")
         strategy.barrier()
         if strategy.is_main:
+            usual_permissions(tmp)  # safetensors writes its files 0600
             _fsync_tree(tmp)
     except OSError as error:
         raise write_failed(output_dir, tmp, final, error) from error
