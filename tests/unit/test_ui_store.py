@@ -170,7 +170,9 @@ def test_a_new_dataset_starts_empty(store, tmp_path):
     assert store.new_dataset(tmp_path / "new.jsonl", "alpaca") == dataset
 
 
-@pytest.mark.skipif(not ALPACA_52K.is_file(), reason="the shared 52k Alpaca file is absent")
+@pytest.mark.skipif(
+    not ALPACA_52K.is_file(), reason=f"shared data file {ALPACA_52K} is absent (set TUNELLM_SHARED_DATA)"
+)
 def test_the_52k_alpaca_file_imports_once_and_pages_fast(store):
     started = time.perf_counter()
     dataset = store.open_file(ALPACA_52K)
