@@ -86,7 +86,8 @@ def test_adapters_are_served_as_lora_requests_by_name(stand_in, tiny_lora_checkp
     expected = served.encode_chat(request.conversation(served.system))  # tunellm's render, as transformers gets it
     assert stand_in.calls[1]["prompts"] == [{"prompt_token_ids": expected}]
     params = stand_in.calls[1]["params"][0]
-    assert params["max_tokens"] == 5 and params["seed"] == 7 and params["temperature"] == 1.0
+    # an omitted temperature comes from the run's generate: section (greedy), not OpenAI's 1.0
+    assert params["max_tokens"] == 5 and params["seed"] == 7 and params["temperature"] == 0.0
     assert set(served.stops.eos_ids) <= set(params["stop_token_ids"])
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tunellm.cli.train_cmd import shortcut_overrides
+from tunellm.cli.args import shortcuts
 from tunellm.config.load import load_config
 from tunellm.errors import ConfigError, DataError
 from tunellm.train.run import check_inputs, split_dev
@@ -35,7 +35,7 @@ def test_dev_split_holds_out_at_least_one_row_and_leaves_at_least_one():
 
 
 def test_flags_are_shortcuts_for_keys():
-    overrides = shortcut_overrides(["data/a*.jsonl", "c:/b.json"], ["dev.jsonl"], "out: 1", "org/model")
+    overrides = shortcuts(data=["data/a*.jsonl", "c:/b.json"], dev=["dev.jsonl"], output="out: 1", model="org/model")
     config = load_config(None, [*overrides, "data.dev=[other.jsonl]"])
     assert config.data.train == ["data/a*.jsonl", "c:/b.json"]
     assert config.data.dev == ["other.jsonl"]  # key=value comes last and wins
@@ -94,7 +94,7 @@ def test_dev_split_gives_the_dev_loss_and_the_dev_scorer_the_same_records(tmp_pa
             "data.cutoff_len=64",
             "template=alpaca",
             f"cache_dir={tmp_path / 'cache'}",
-            "seed=3",
+            "train.seed=3",
         ],
     )
     template = choose_template(config.data.train, config.data, default_tokenizer)
