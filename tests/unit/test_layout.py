@@ -53,3 +53,15 @@ def test_modules_stay_under_400_lines():
     sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     big = {str(path): lines for path, lines in sizes.items() if lines > 400}
     assert not big, big
+
+
+def test_test_files_have_unique_names():
+    # the test folders are not packages, so pytest imports two files of the same name as one module and stops
+    tests = PACKAGE.parent / "tests"
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(tests.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(tests)} and {path.relative_to(tests)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
