@@ -176,18 +176,40 @@ def test_pissa_checkpoint_is_plain_lora_on_the_original_base(tiny_folders, tmp_p
 
 
 def test_freeze_finds_the_decoder_layers_of_every_native_family(tmp_path: Path) -> None:
-    from tunellm.methods.freeze import decoder_layers
+    from tunellm.methods.base import decoder_layers
 
     for name in FAMILIES.names():
         family = FAMILIES.get(name)
         if family.needs_remote_code:
             continue
         model = load_tiny(build_tiny(name, tmp_path / name))
-        _, layers = decoder_layers(model)
+        _, layers = decoder_layers(model, "method.trainable_layers", "")
         assert len(layers) == 2, name
         METHODS.get("freeze").apply(model, FreezeMethod(trainable_layers=1), family)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable and all(".1." in n for n in trainable), (name, trainable[:3])
+
+
+@pytest.mark.parametrize("family", ["llama", "glm", "falcon"])
+def test_lora_on_the_top_layers_stops_the_backward_pass_below_them(family: str, tiny_folders) -> None:
+    from tunellm.methods.base import decoder_layers
+
+    model = METHODS.get("lora").apply(load_tiny(tiny_folders[family]), LoraMethod(**LORA, layers=1), FAMILIES.get(family))
+    adapted = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert adapted and all("lora_" in n and ".1." in n for n in adapted), adapted[:3]
+    _, layers = decoder_layers(model, "method.layers", "")
+    reached = []
+    for index, layer in enumerate(layers):
+        layer.register_full_backward_hook(lambda *_, index=index: reached.append(index))
+    batch = torch.randint(3, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    model(input_ids=batch, labels=batch).loss.backward()
+    assert reached == [1]  # the lower layer builds no graph: that is the time saved
+
+
+def test_lora_layers_beyond_the_model_name_the_option(tiny_folders) -> None:
+    with pytest.raises(ConfigError, match="layers=5 but the model has 2 decoder layers") as caught:
+        METHODS.get("lora").apply(load_tiny(tiny_folders["llama"]), LoraMethod(**LORA, layers=5), FAMILIES.get("llama"))
+    assert caught.value.field == "method.layers"
 
 
 def test_freeze_errors_name_the_option(tiny_folders) -> None:

@@ -140,3 +140,16 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.config.use_cache = False
     if next(model.parameters()).device.type == "cpu":  # else glibc keeps most of what checkpointing frees
         host_memory.return_large_blocks_to_os()
+
+
+def decoder_layers(model: nn.Module, field: str, hint: str) -> tuple[str, nn.ModuleList]:
+    """(name, list) of the model's stack of decoder layers: the longest ModuleList, as long as the config says.
+    `field` and `hint` are for the error when there is none: the option that asked for layers, and what to do."""
+    from torch import nn
+
+    expected = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "num_layers", None)
+    stacks = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    stacks = [(name, module) for name, module in stacks if expected is None or len(module) == expected]
+    if not stacks:
+        raise ModelError(f"cannot find the decoder layers of this {type(model).__name__}", field=field, hint=hint)
+    return max(stacks, key=lambda item: len(item[1]))

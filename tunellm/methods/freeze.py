@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from tunellm.config.section import Section
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods.base import METHODS, Variant, restore_tensors
+from tunellm.methods.base import METHODS, Variant, decoder_layers, restore_tensors
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,27 +37,13 @@ class FreezeMethod(Section):
         return self
 
 
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, list) of the model's stack of decoder layers: the longest ModuleList, as long as the config says."""
-    from torch import nn
-
-    expected = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "num_layers", None)
-    stacks = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
-    stacks = [(name, module) for name, module in stacks if expected is None or len(module) == expected]
-    if not stacks:
-        raise ModelError(
-            f"cannot find the decoder layers of this {type(model).__name__}",
-            field="method.trainable_layers",
-            hint="set trainable_layers: 0 and name the modules to train in method.trainable_modules",
-        )
-    return max(stacks, key=lambda item: len(item[1]))
-
-
 def apply(model: nn.Module, method: FreezeMethod, family: Any) -> nn.Module:
     """Train the last `trainable_layers` layers and the parameters matching `trainable_modules`."""
     model.requires_grad_(False)
     if method.trainable_layers:
-        name, layers = decoder_layers(model)
+        name, layers = decoder_layers(
+            model, "method.trainable_layers", "set trainable_layers: 0 and name the modules in trainable_modules"
+        )
         if method.trainable_layers > len(layers):
             raise ConfigError(
                 f"trainable_layers={method.trainable_layers} but the model has {len(layers)} layers ({name})",

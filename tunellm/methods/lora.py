@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from tunellm.config.section import Section
 from tunellm.errors import ConfigError, ModelError
-from tunellm.methods.base import METHODS, Variant, quiet_peft, restore_peft
+from tunellm.methods.base import METHODS, Variant, decoder_layers, quiet_peft, restore_peft
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -38,6 +38,9 @@ class LoraMethod(Section):
         "auto", description="modules to adapt: auto (the family's default), all-linear, or a list of names"
     )
     modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapter")
+    layers: int | None = Field(
+        None, gt=0, description="adapt only the last N decoder layers: the backward pass stops below them; empty: all"
+    )
     use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its LoRA direction")
     use_rslora: bool = Field(False, description="rsLoRA: scale by lora_alpha / sqrt(r), steadier at high rank")
     init_lora_weights: Literal["default", "gaussian", "pissa"] = Field(
@@ -96,6 +99,7 @@ def apply(model: nn.Module, method: LoraMethod, family: Family) -> PeftModel:
         init_lora_weights=peft_init(method),
         bias="none",
         task_type="CAUSAL_LM",
+        **top_layers(model, method),
     )
     try:
         with quiet_peft():
@@ -112,6 +116,23 @@ def apply(model: nn.Module, method: LoraMethod, family: Family) -> PeftModel:
     if method.init_lora_weights == "pissa":
         keep_pissa_init(wrapped)
     return wrapped
+
+
+def top_layers(model: nn.Module, method: LoraMethod) -> dict[str, Any]:
+    """peft's options that put the adapters on the last `method.layers` decoder layers only (none: all layers)."""
+    if method.layers is None:
+        return {}
+    name, layers = decoder_layers(model, "method.layers", "leave method.layers empty to adapt every layer")
+    if method.layers > len(layers):
+        raise ConfigError(
+            f"layers={method.layers} but the model has {len(layers)} decoder layers ({name})",
+            field="method.layers",
+            expected=f"1 to {len(layers)}, or empty for all",
+        )
+    return {
+        "layers_to_transform": list(range(len(layers) - method.layers, len(layers))),
+        "layers_pattern": name.rsplit(".", 1)[-1],
+    }
 
 
 def peft_init(method: LoraMethod) -> bool | str:
@@ -202,6 +223,7 @@ def contract_variants() -> dict[str, Variant]:
         # PiSSA comes back as plain LoRA of rank 2r on the original base: equal up to float rounding
         "pissa": adapters._replace(options=LoraMethod(**options, init_lora_weights="pissa"), tolerance=1e-5),
         "loraplus": adapters._replace(options=LoraMethod(**options, loraplus_lr_ratio=16)),
+        "top_layer": adapters._replace(options=LoraMethod(**options, layers=1)),
     }
 
 
