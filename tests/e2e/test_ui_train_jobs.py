@@ -23,11 +23,14 @@ def wait_until(predicate, timeout=240.0):
         time.sleep(0.2)
     return False
 
+STEPS = 60
+
 
 def test_check_start_stop_resume_from_the_train_page(tmp_path, tiny_llama_dir, alpaca_file):
     root, runs = tiny_llama_dir.parent, tmp_path / "runs"  # the root holds the data and the model (pytest's tmp)
     data = str(alpaca_file.relative_to(root))
-    form = TrainForm([data], model=str(tiny_llama_dir), run="page-run", max_steps=12, batch_size=2)
+    # enough steps that the stop lands mid-run: a tiny model trains 12 steps before a loaded machine polls twice
+    form = TrainForm([data], model=str(tiny_llama_dir), run="page-run", max_steps=STEPS, batch_size=2)
     form.cutoff_len, form.eval_steps = 64, 4
     form.extra = "train.logging_steps=1\ntrain.report_to=none\ntrain.learning_rate=1e-3"
     stats = train.data_stats(form, root, tmp_path / "lengths.png")
@@ -39,7 +42,7 @@ def test_check_start_stop_resume_from_the_train_page(tmp_path, tiny_llama_dir, a
     stopped = jobs.stop(folder)
     assert stopped.state == "stopped", jobs.log_tail(folder)
     view = train.view(folder)
-    assert view.state == "stopped" and 0 < view.step < 12 and view.total == 12
+    assert view.state == "stopped" and 0 < view.step < STEPS and view.total == STEPS
     assert view.adapter is not None  # the last checkpoint is usable right away
 
     jobs._children.clear()  # a page served by a new process resumes from the run folder alone
@@ -47,7 +50,7 @@ def test_check_start_stop_resume_from_the_train_page(tmp_path, tiny_llama_dir, a
     assert wait_until(lambda: not jobs.read(folder).running), jobs.log_tail(folder)
     view = train.view(folder)
     assert view.state == "finished", view.log
-    assert view.step == 12 and view.adapter is not None
+    assert view.step == STEPS and view.adapter is not None
     assert "resuming from" in jobs.log_tail(folder, 200)
     losses = [e for e in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if "loss" in e]
-    assert [e["step"] for e in losses] == list(range(1, 13))  # the log is rewritten from the checkpoint's history
+    assert [e["step"] for e in losses] == list(range(1, STEPS + 1))  # the log is rewritten from the checkpoint's history

@@ -217,3 +217,14 @@ def test_errors_say_what_was_expected():
         alpaca.to_record({"question": "x"}, Source("f.json", index=4), ReadOptions())
     assert "array index 4, field 'instruction': missing" in str(caught.value)
     assert "columns: {instruction: <name>}" in caught.value.hint
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "openai", "auto"])
+def test_a_role_that_is_not_a_string_is_a_data_error(fmt, tmp_path):
+    # found by the fuzz test: a list as the role reached a dict lookup and raised TypeError
+    row = {"messages": [{"role": [], "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_conversations([str(path)], ReadOptions(), format=fmt)
+    assert caught.value.line == 1 and caught.value.field.endswith("messages[0].role")

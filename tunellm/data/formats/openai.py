@@ -84,7 +84,8 @@ class OpenAI(Format):
             where = f"messages[{position}]"
             if not isinstance(message, dict):
                 raise row_error(source, f"is {type_name(message)}", where, "a {role, content} message object")
-            role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
+            found_role = message.get("role")
+            role = ROLES.get(found_role) if isinstance(found_role, str) else None
             if role is None:
                 found = repr(message["role"]) if "role" in message else "missing"
                 raise row_error(source, f"is {found}", f"{where}.role", "one of " + ", ".join(ROLES))

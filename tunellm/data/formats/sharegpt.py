@@ -103,7 +103,8 @@ def message_role_and_text(message: Any, source: Source, where: str) -> tuple[str
         raise row_error(source, f"is {type_name(message)}", where, "a {from, value} message object")
     role_key = "from" if "from" in message or "role" not in message else "role"
     text_key = "value" if "value" in message or "content" not in message else "content"
-    role = ROLES.get(message.get(role_key))  # type: ignore[arg-type]
+    found_role = message.get(role_key)
+    role = ROLES.get(found_role) if isinstance(found_role, str) else None
     if role is None:
         found = repr(message.get(role_key)) if role_key in message else "missing"
         raise row_error(source, f"is {found}", f"{where}.{role_key}", "one of " + ", ".join(ROLES))
