@@ -194,7 +194,8 @@ def test_freeze_finds_the_decoder_layers_of_every_native_family(tmp_path: Path) 
 def test_lora_on_the_top_layers_stops_the_backward_pass_below_them(family: str, tiny_folders) -> None:
     from tunellm.methods.base import decoder_layers
 
-    model = METHODS.get("lora").apply(load_tiny(tiny_folders[family]), LoraMethod(**LORA, layers=1), FAMILIES.get(family))
+    options = LoraMethod(**LORA, layers=1)
+    model = METHODS.get("lora").apply(load_tiny(tiny_folders[family]), options, FAMILIES.get(family))
     adapted = [n for n, p in model.named_parameters() if p.requires_grad]
     assert adapted and all("lora_" in n and ".1." in n for n in adapted), adapted[:3]
     _, layers = decoder_layers(model, "method.layers", "")

@@ -53,4 +53,5 @@ def test_check_start_stop_resume_from_the_train_page(tmp_path, tiny_llama_dir, a
     assert view.step == STEPS and view.adapter is not None
     assert "resuming from" in jobs.log_tail(folder, 200)
     losses = [e for e in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if "loss" in e]
-    assert [e["step"] for e in losses] == list(range(1, STEPS + 1))  # the log is rewritten from the checkpoint's history
+    # the log is rewritten from the checkpoint's history
+    assert [e["step"] for e in losses] == list(range(1, STEPS + 1))
