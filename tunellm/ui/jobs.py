@@ -2,8 +2,9 @@
 
 Each job has a folder: `ui_job.json` (the command, its pid, when it started), `ui_job.log` (its output)
 and, once it ends by itself, `ui_job.rc` (its exit status). A reopened page reads these to show the
-job again. Stopping sends SIGINT to the job's process group, then SIGKILL if it lingers: a training
-run keeps its last checkpoint and the same command resumes from it.
+job again. Stopping sends SIGTERM to the job's process group, then SIGKILL if it lingers: a training
+run keeps its last checkpoint and the same command resumes from it. Not SIGINT: a page started from a script's
+background job (`tunellm ui &`) passes on an ignored SIGINT, and the run would not stop.
 """
 
 from __future__ import annotations
@@ -101,12 +102,12 @@ def read(folder: Path) -> JobState:
 
 
 def stop(folder: Path, grace: float = 20.0) -> JobState:
-    """SIGINT to the job's process group, SIGKILL after `grace` seconds; the rc file is removed (stopped)."""
+    """SIGTERM to the job's process group, SIGKILL after `grace` seconds; the rc file is removed (stopped)."""
     path = folder / JOB_FILE
     if not path.is_file() or not read(folder).running:
         return read(folder)
     pid = int(json.loads(path.read_text(encoding="utf-8"))["pid"])
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
