@@ -6,12 +6,15 @@ The sampling flags are shortcuts for the `generate:` config keys; `tunellm predi
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from tunellm.cli.args import OVERRIDES, option, shortcuts, split_args
 from tunellm.config.load import check_keys
+
+if TYPE_CHECKING:
+    from tunellm.infer.load import InferenceModel
 
 
 def quiet_loading() -> None:
@@ -19,6 +22,20 @@ def quiet_loading() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def load_for_generation(
+    adapter: str | None, model: str | None, template: str | None, device: str | None, overrides: list[str],
+    **generate: Any,
+) -> InferenceModel:
+    """chat's and predict's model: the generate flags become `generate.*` keys, every key is checked before the
+    model stack is imported (a typo fails fast), then the model loads quietly."""
+    flags = shortcuts(**generate)
+    check_keys(flags + overrides)
+    from tunellm.infer.load import load_for_inference
+
+    quiet_loading()
+    return load_for_inference(adapter, model=model, template=template, overrides=flags + overrides, device=device)
 
 
 def describe(loaded: Any) -> str:
@@ -45,16 +62,12 @@ def chat(
 ) -> None:
     """Chat with a model. Commands: /reset forgets the conversation, /exit leaves."""
     _, overrides = split_args(args, files=0)
-    flags = shortcuts(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
+    loaded = load_for_generation(
+        adapter, model, template, device, overrides, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
     )  # fmt: skip
-    check_keys(flags + overrides)  # a typo fails before the model stack is imported
     from tunellm.infer.chat import ChatSession, chat_loop, one_shot
-    from tunellm.infer.load import load_for_inference
 
-    quiet_loading()
-    loaded = load_for_inference(adapter, model=model, template=template, overrides=flags + overrides, device=device)
     session = ChatSession.for_model(loaded)
     if prompt is not None:
         one_shot(session, prompt, sys.stdout)

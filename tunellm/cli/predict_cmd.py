@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
-from tunellm.cli.chat_cmd import describe, quiet_loading
-from tunellm.config.load import check_keys
+from tunellm.cli.args import FILES_AND_OVERRIDES, option, split_args
+from tunellm.cli.chat_cmd import describe, load_for_generation
 from tunellm.errors import ConfigError
 
 
@@ -32,16 +31,12 @@ def predict(
     data, overrides = split_args(args)
     if not data:
         raise ConfigError("no data files given", expected="tunellm predict DATA... --output OUT.jsonl")
-    flags = shortcuts(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
+    loaded = load_for_generation(
+        adapter, model, template, device, overrides, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed, stop=stop, system=system,
     )  # fmt: skip
-    check_keys(flags + overrides)  # a typo fails before the model stack is imported
-    from tunellm.infer.load import load_for_inference
     from tunellm.infer.predict import predict as run_predict
 
-    quiet_loading()
-    loaded = load_for_inference(adapter, model=model, template=template, overrides=flags + overrides, device=device)
     typer.echo(describe(loaded), err=True)
     summary = run_predict(loaded, data, output, batch_size=batch_size, show_progress=progress)
     for error in summary.skipped[:10]:
