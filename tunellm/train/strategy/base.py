@@ -185,6 +185,18 @@ class Strategy:
         if self.is_main:
             save(self.unwrap(model), folder)
 
+    def save_schedule(self, folder: Path, scheduler: Any) -> None:
+        """The learning-rate schedule's position, the same on every process: the main one writes it."""
+        from tunellm.train import optim_state
+
+        if self.is_main:
+            optim_state.write_json(folder / "scheduler.json", scheduler.state_dict())
+
+    def load_schedule(self, folder: Path, scheduler: Any) -> None:
+        from tunellm.train import optim_state
+
+        scheduler.load_state_dict(optim_state.read_json(folder / "scheduler.json"))
+
     def save_state(self, checkpoint: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
         """The resume-only state under `checkpoint/state/`; every process calls it. Here the optimizer state is
         the same on every process, so the main one writes it, pickle-free (`optim_state.py`)."""
@@ -193,7 +205,7 @@ class Strategy:
         if self.is_main:
             folder = checkpoint / optim_state.STATE_DIR
             optim_state.write_optimizer(folder, optimizer.state_dict())
-            optim_state.write_json(folder / "scheduler.json", scheduler.state_dict())
+            self.save_schedule(folder, scheduler)
             if self.scaler is not None:
                 optim_state.write_json(folder / "scaler.json", self.scaler.state_dict())
 
@@ -206,7 +218,7 @@ class Strategy:
         folder = checkpoint / optim_state.STATE_DIR
         load(self.unwrap(model), checkpoint)
         optimizer.load_state_dict(optim_state.read_optimizer(folder))
-        scheduler.load_state_dict(optim_state.read_json(folder / "scheduler.json"))
+        self.load_schedule(folder, scheduler)
         if self.scaler is not None and (folder / "scaler.json").is_file():
             self.scaler.load_state_dict(optim_state.read_json(folder / "scaler.json"))
 

@@ -125,8 +125,7 @@ class DeepSpeedStrategy(Strategy):
         folder = checkpoint / optim_state.STATE_DIR
         self.progress("save DeepSpeed state")
         model.save_checkpoint(str(folder), tag=TAG, exclude_frozen_parameters=True)  # LoRA: not the base
-        if self.is_main:
-            optim_state.write_json(folder / "scheduler.json", scheduler.state_dict())
+        self.save_schedule(folder, scheduler)
 
     def load_state(
         self, checkpoint: Path, model: Any, optimizer: Any, scheduler: Any, load: Callable[[Any, Path], None]
@@ -138,7 +137,7 @@ class DeepSpeedStrategy(Strategy):
         path, _ = model.load_checkpoint(str(folder), tag=TAG, load_module_strict=False)
         if path is None:
             raise ConfigError("DeepSpeed found no checkpoint to load", file=str(folder / TAG))
-        scheduler.load_state_dict(optim_state.read_json(folder / "scheduler.json"))
+        self.load_schedule(folder, scheduler)
 
     def close(self) -> None:
         import torch.distributed as dist

@@ -123,8 +123,7 @@ class FSDPStrategy(Strategy):
         folder = checkpoint / optim_state.STATE_DIR
         self.progress("save sharded state")
         dcp.save(self._state(model, optimizer), checkpoint_id=str(folder / SHARDED_DIR))
-        if self.is_main:
-            optim_state.write_json(folder / "scheduler.json", scheduler.state_dict())
+        self.save_schedule(folder, scheduler)
 
     def load_state(
         self, checkpoint: Path, model: Any, optimizer: Any, scheduler: Any, load: Callable[[Any, Path], None]
@@ -143,7 +142,7 @@ class FSDPStrategy(Strategy):
         set_state_dict(
             model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=options
         )
-        scheduler.load_state_dict(optim_state.read_json(folder / "scheduler.json"))
+        self.load_schedule(folder, scheduler)
 
     def close(self) -> None:
         import torch.distributed as dist
