@@ -86,6 +86,10 @@ def test_the_deepspeed_strategy_marks_the_boundary_and_leaves_the_schedule_on_a_
 
     fake = types.SimpleNamespace(init_distributed=lambda dist_backend: None, initialize=initialize)
     monkeypatch.setattr(ds_strategy, "_import_deepspeed", lambda: fake)
+    # the one-process strategy sets these for DeepSpeed; set here, they are undone after the test, so no later
+    # test's subprocess inherits RANK/WORLD_SIZE (which made the real-process tests fail when run after this one)
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(key, value)
     strategy = ds_strategy.DeepSpeedStrategy(TrainConfig(distributed="deepspeed"))
     model = torch.nn.Linear(3, 1)
     engine, optimizer = strategy.prepare(model, lambda bare: torch.optim.SGD(bare.parameters(), lr=0.1))
@@ -99,6 +103,7 @@ def test_the_deepspeed_strategy_marks_the_boundary_and_leaves_the_schedule_on_a_
     assert scheduler.last_epoch == 1
     assert strategy.clip(engine, optimizer, 1.0) is None  # DeepSpeed clips inside step
     assert strategy.unwrap(engine) is model
+    strategy.close()  # the process group of one it made
 
 
 def test_the_children_run_the_command_without_the_launcher_flags():
