@@ -1,6 +1,16 @@
 """Fixtures shared across test folders. Keep it small: add a fixture here only when two files need it."""
 
+import os
+
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (scripts/test.sh runs two workers on two cores) each worker computes on one thread."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

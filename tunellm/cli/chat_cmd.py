@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from tunellm.cli import process
 from tunellm.cli.args import OVERRIDES, option, shortcuts, split_args
 from tunellm.config.load import check_keys
 
@@ -17,15 +18,12 @@ if TYPE_CHECKING:
     from tunellm.infer.load import InferenceModel
 
 
-def quiet_loading() -> None:
-    """No per-file weight-loading bars from transformers: the command prints what it loaded."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def load_for_generation(
-    adapter: str | None, model: str | None, template: str | None, device: str | None, overrides: list[str],
+    adapter: str | None,
+    model: str | None,
+    template: str | None,
+    device: str | None,
+    overrides: list[str],
     **generate: Any,
 ) -> InferenceModel:
     """chat's and predict's model: the generate flags become `generate.*` keys, every key is checked before the
@@ -34,7 +32,7 @@ def load_for_generation(
     check_keys(flags + overrides)
     from tunellm.infer.load import load_for_inference
 
-    quiet_loading()
+    process.for_inference()
     return load_for_inference(adapter, model=model, template=template, overrides=flags + overrides, device=device)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from tunellm.cli import process
 from tunellm.cli.args import FILES_AND_OVERRIDES, option, shortcuts, split_args
-from tunellm.cli.chat_cmd import quiet_loading
 from tunellm.config.load import check_keys
 from tunellm.errors import ConfigError
 
@@ -42,7 +42,7 @@ def evaluate(
         raise ConfigError("no data files given", expected="tunellm eval DATA... [--adapter PATH]")
     flags = shortcuts(max_new_tokens=max_new_tokens, backend=backend)
     check_keys(flags + overrides)  # a typo fails before the model stack is imported
-    quiet_loading()
+    process.for_inference()
     from tunellm.evaluate import EvalRequest, evaluate_checkpoints
     from tunellm.evaluate.report import markdown_report
 

@@ -21,6 +21,7 @@ from tunellm.cli import (
     ui_cmd,
 )
 from tunellm.cli.errors import run_with_clean_errors
+from tunellm.cli.process import own_process
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -63,4 +64,5 @@ def main() -> None:
     # bitsandbytes (installed for QLoRA) says at import, through peft, that optional CPU kernels are missing;
     # it falls back to its own code, so the line is noise on every command
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    own_process()
     run_with_clean_errors(app)

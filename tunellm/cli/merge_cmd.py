@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
+from tunellm.cli import process
 from tunellm.cli.args import OVERRIDES, option, shortcuts, split_args
-from tunellm.cli.chat_cmd import quiet_loading
 from tunellm.config.load import check_keys
 
 
@@ -43,7 +43,7 @@ def merge(
     """
     _, overrides = split_args(args, files=0)
     check_keys(overrides)  # a typo fails before the model stack is imported
-    quiet_loading()
+    process.for_inference()
     from tunellm.infer.merge import MergeOptions, merge_checkpoint
     from tunellm.infer.parity import ParityError
 

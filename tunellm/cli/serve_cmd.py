@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from tunellm.cli import process
 from tunellm.cli.args import option
-from tunellm.cli.chat_cmd import quiet_loading
 from tunellm.errors import ConfigError
 
 
@@ -50,7 +50,7 @@ def serve(
         first = error.errors()[0]
         field = "--" + str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"{field} = {first['input']!r}: {first['msg']}") from None
-    quiet_loading()
+    process.for_inference()
     from tunellm.serve.app import create_app
     from tunellm.serve.backends import describe
     from tunellm.serve.server import build_backend, make_server, parse_adapters

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from tunellm.cli import process
 from tunellm.cli.args import CONFIG_AND_OVERRIDES, config_and_overrides, option, shortcuts
 
 DATA = typer.Option(None, "--data", help="training file or glob (repeatable): data.train")
@@ -64,6 +65,7 @@ def train(
     forced = [Override("train.resume_data_changed=restart_epoch", "--force")] if force else []
     config = load_config(path, [*shortcuts(data=data, dev=dev, output=output, model=model), *forced, *overrides])
     show_run_messages()
+    process.for_training(config.method.name)
     from tunellm.cli.launch import launch, under_launcher
 
     if (nproc > 1 or nnodes > 1) and not under_launcher():

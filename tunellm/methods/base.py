@@ -15,7 +15,9 @@ A method is a module registered in METHODS under its config's `name`, with:
 Optional hooks, looked up with `getattr`: `check(run_config)` fails before anything loads (QLoRA without CUDA);
 `load_options(config)` adds `from_pretrained` arguments (quantization); `param_groups(model, config, train)`
 and `optimizer(groups, config, train)` shape the optimizer (LoRA+, paged 8-bit AdamW); `restore(model, folder)`
-puts a checkpoint's trained weights back in place for resume, when `save` writes another form (PiSSA).
+puts a checkpoint's trained weights back in place for resume, when `save` writes another form (PiSSA);
+`uses_bitsandbytes = True` keeps bitsandbytes importable in a `tunellm train` process (the others block it:
+cli/process.py).
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ def contract_variants() -> dict[str, Variant]:
 
 Config = QLoraMethod
 supports_merge = True
+uses_bitsandbytes = True
 weight_files = lora.weight_files
 param_groups = lora.param_groups
 save = lora.save
