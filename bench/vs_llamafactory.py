@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV = BENCH / ".venvs" / "llamafactory"
 WORK = BENCH / ".vs_llamafactory"
-DATA = Path(os.environ.get("TUNELLM_SHARED_DATA", REPO.parent.parent / "shared" / "data"))
+DATA = Path(os.environ.get("TUNELLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 CTC = "promptcblue/aug/CHIP-CTC-822.json"
 LF_VERSION = "0.9.5"
 TUNELLM = [sys.executable, "-m", "tunellm"]
@@ -226,7 +227,11 @@ def score(outputs: list[str], held: list[dict]) -> dict[str, float]:
     rows = [EvalRow(o, r["target"], e, k, "all") for o, r, e, k in zip(outputs, held, extras, kinds, strict=True)]
     result = score_rows(rows)
     keys = ("accuracy", "answer_parse_rate", "majority_accuracy", "macro_f1")
-    return {key: round(result[key], 4) for key in keys} | {"scored": result["scored"].get("choice_accuracy", 0)}
+    correct = [int(score_rows([row])["accuracy"]) for row in rows]  # per row, for the paired comparison
+    return {key: round(result[key], 4) for key in keys} | {
+        "scored": result["scored"].get("choice_accuracy", 0),
+        "correct": correct,
+    }
 
 
 def run_llamafactory(folder: Path, model: str, seed: int, steps: int, cross: bool, held: list[dict]) -> list[dict]:
@@ -296,7 +301,38 @@ def summarize(results: list[dict]) -> str:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(f"{tool} {key}: mean {statistics.mean(values):.3f}, sd {spread:.3f} over {len(values)} seeds")
     lines.append(f"majority-label baseline: {results[0]['majority_accuracy']:.3f} on {results[0]['scored']} rows")
+    lines += paired(results)
     return "\n".join(lines)
+
+
+def paired(results: list[dict]) -> list[str]:
+    """Per seed and pooled: held-out rows only tunellm got right against rows only LLaMA-Factory got right, and
+    the exact two-sided sign-test p-value of that split (McNemar's exact test): the same rows are scored by both,
+    so the rows both get right or both get wrong say nothing about which tool is better."""
+    by = {(r["tool"], r["seed"]): r["correct"] for r in results if "correct" in r}
+    lines, pooled = [], [0, 0]
+    for seed in dict.fromkeys(r["seed"] for r in results):
+        ours, theirs = by.get(("tunellm", seed)), by.get(("llamafactory", seed))
+        if ours is None or theirs is None:
+            continue
+        only_ours = sum(a and not b for a, b in zip(ours, theirs, strict=True))
+        only_theirs = sum(b and not a for a, b in zip(ours, theirs, strict=True))
+        pooled = [pooled[0] + only_ours, pooled[1] + only_theirs]
+        lines.append(f"seed {seed}: right only with tunellm {only_ours}, only with llamafactory {only_theirs}, "
+                     f"sign test p = {sign_test(only_ours, only_theirs):.3f}")  # fmt: skip
+    if len(lines) > 1:
+        lines.append(f"pooled over seeds: tunellm only {pooled[0]}, llamafactory only {pooled[1]}, "
+                     f"sign test p = {sign_test(*pooled):.3f}")  # fmt: skip
+    return lines
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided binomial p-value of `wins` against `losses` under a fair coin."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def main() -> None:
@@ -317,7 +353,10 @@ def main() -> None:
             got = run_tunellm(folder, model, seed, steps, args.cross, held) if tool == "tunellm" else \
                 run_llamafactory(folder, model, seed, steps, args.cross, held)  # fmt: skip
             results += got
-            print(json.dumps(got, ensure_ascii=False), flush=True)
+            print(
+                json.dumps([{k: v for k, v in r.items() if k != "correct"} for r in got], ensure_ascii=False),
+                flush=True,
+            )
             with (folder / "results.jsonl").open("a") as log:
                 log.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in got)
     print(summarize(results))

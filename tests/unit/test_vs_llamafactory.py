@@ -73,5 +73,27 @@ def test_scores_with_tunellm_choice_accuracy(bench, data, tmp_path):
     assert scores["accuracy"] == 0.5  # rows 1 and 2 right; row 3 unread; row 4 wrong
     assert scores["answer_parse_rate"] == 0.75
     assert scores["majority_accuracy"] == 0.5
+    assert scores["correct"] == [1, 1, 0, 0]
     with pytest.raises(SystemExit):
         bench.score(["药物"], held)
+
+
+def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
+    results = [
+        {"tool": "tunellm", "seed": 1, "correct": [1, 1, 0, 0, 1]},
+        {"tool": "llamafactory", "seed": 1, "correct": [1, 0, 1, 1, 1]},
+        {"tool": "llamafactory adapter, tunellm eval", "seed": 1, "correct": [0, 0, 0, 0, 0]},
+        {"tool": "tunellm", "seed": 2, "correct": [0, 1, 1, 0, 0]},
+        {"tool": "llamafactory", "seed": 2, "correct": [0, 0, 0, 1, 0]},
+    ]
+    lines = bench.paired(results)
+    assert lines[0].startswith("seed 1: right only with tunellm 1, only with llamafactory 2,")
+    assert lines[1].startswith("seed 2: right only with tunellm 2, only with llamafactory 1,")
+    assert lines[2].startswith("pooled over seeds: tunellm only 3, llamafactory only 3,")
+
+
+def test_sign_test_is_the_exact_two_sided_binomial(bench):
+    assert bench.sign_test(0, 0) == 1.0
+    assert bench.sign_test(5, 5) == 1.0
+    assert bench.sign_test(10, 3) == pytest.approx(2 * (1 + 13 + 78 + 286) / 2**13)
+    assert bench.sign_test(0, 8) == pytest.approx(2 / 2**8)
