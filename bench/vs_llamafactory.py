@@ -214,8 +214,9 @@ def read_outputs(path: Path, key: str) -> list[str]:
     return [json.loads(line)[key] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def score(outputs: list[str], held: list[dict]) -> dict[str, float]:
-    """tunellm's choice accuracy (and parse rate, majority baseline) of `outputs` against the held-out rows."""
+def score(outputs: list[str], held: list[dict]) -> dict[str, float | list[int]]:
+    """tunellm's choice accuracy (and parse rate, majority baseline, per-row 0/1 `correct`) of `outputs` against the
+    held-out rows."""
     sys.path.insert(0, str(REPO))
     from tunellm.evaluate.metrics import score_rows
     from tunellm.evaluate.tasks import EvalRow, detect_kinds
