@@ -1,14 +1,22 @@
-"""tunellm against LLaMA-Factory 0.9.5 on PromptCBLUE CHIP-CTC at equal steps (issue 10), both scored by tunellm.
+"""tunellm against LLaMA-Factory 0.9.5 at equal steps (issue 10), both scored by tunellm's metric code.
 
     python bench/vs_llamafactory.py --seeds 1 2 3          # the full comparison (60 steps, ~124 scored rows)
     python bench/vs_llamafactory.py --quick --seeds 1      # the whole pipeline in a few minutes (6 steps, 12 rows)
     python bench/vs_llamafactory.py --tools llamafactory --cross --seeds 1   # also LF's adapter via `tunellm eval`
+    python bench/vs_llamafactory.py --task transformers_tasks --seeds 1 2 3  # extraction + classification
+
+Tasks: `chip_ctc` (PromptCBLUE CHIP-CTC: every fifth row held out, 124 scored rows, choice accuracy, answers of up
+to 24 tokens) and `transformers_tasks` (its mixed extraction + classification set: trained on the 732 train rows,
+scored on the 92 dev rows by IE triple F1 and label accuracy, answers of up to 160 tokens, as
+examples/transformers_tasks.yaml does).
 
 LLaMA-Factory goes into its own virtualenv (bench/.venvs/llamafactory, git-ignored): torch 2.13.0 and its
 requirements minus torchvision, transformers <= 5.6, then llamafactory itself without dependencies. Every
 training and every generation runs in its own process. Splits, configs, adapters and answers go to
-bench/.vs_llamafactory/ (git-ignored: the data is for academic research only and must not be committed).
-Each run's answers are scored with tunellm's choice-accuracy code; the summary prints mean and spread per tool.
+bench/.vs_llamafactory/<task>_<full|quick> (git-ignored: the data is for research only and must not be
+committed). Each run's answers are scored with tunellm's metric code; the summary prints mean and spread per tool
+and a paired per-row comparison. Neither tool checkpoints activations (LLaMA-Factory would by default: the same
+gradients, about 1.7x the step time on the CPU).
 A step whose outputs are already in the work folder (an adapter, a predictions file) is reused, so an
 interrupted comparison resumes; delete the folder to measure again. --cross also generates with each
 adapter through the other tool (LF's adapter via `tunellm eval`, tunellm's via LF's predict).
@@ -25,6 +33,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -35,13 +45,14 @@ VENV = BENCH / ".venvs" / "llamafactory"
 WORK = BENCH / ".vs_llamafactory"
 DATA = Path(os.environ.get("TUNELLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 CTC = "promptcblue/aug/CHIP-CTC-822.json"
+TT_TRAIN, TT_DEV = "transformers_tasks/mixed_train_dataset.jsonl", "transformers_tasks/mixed_dev_dataset.jsonl"
 LF_VERSION = "0.9.5"
 TUNELLM = [sys.executable, "-m", "tunellm"]
 LF_ENV = {"PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true"}
 # the issue's settings, shared by both tools
 STEPS, QUICK_STEPS, QUICK_ROWS = 60, 6, 12
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
-LR, WARMUP, BATCH, CUTOFF, NEW_TOKENS = 5e-4, 0.05, 4, 512, 24
+LR, WARMUP, BATCH, CUTOFF = 5e-4, 0.05, 4, 512
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
@@ -94,18 +105,51 @@ def install_llamafactory() -> Path:
     return python
 
 
-def build_split(folder: Path, quick: bool) -> tuple[list[dict], list[dict]]:
-    """Every fifth CHIP-CTC row held out for scoring, the rest trained on; in both tools' formats."""
-    rows = [json.loads(line) for line in (DATA / CTC).read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [row for i, row in enumerate(rows) if i % 5 != 4]
-    held = [row for i, row in enumerate(rows) if i % 5 == 4]
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def ctc_split() -> tuple[list[dict], list[dict]]:
+    """Every fifth CHIP-CTC row held out for scoring, the rest trained on."""
+    rows = read_jsonl(DATA / CTC)
+    return [row for i, row in enumerate(rows) if i % 5 != 4], [row for i, row in enumerate(rows) if i % 5 == 4]
+
+
+def transformers_tasks_split() -> tuple[list[dict], list[dict]]:
+    """transformers_tasks' own split: its train file trained on, its dev file scored."""
+    return read_jsonl(DATA / TT_TRAIN), read_jsonl(DATA / TT_DEV)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One comparison: its rows, the field holding the prompt, tunellm's reader for them, the answer length and
+    the scores the summary prints (the first is the one the paired comparison counts per row)."""
+
+    name: str
+    split: Callable[[], tuple[list[dict], list[dict]]]
+    prompt: str
+    format: str
+    new_tokens: int
+    metrics: tuple[str, ...]
+
+
+TASKS = {
+    "chip_ctc": Task("chip_ctc", ctc_split, "input", "promptcblue", 24, ("accuracy", "answer_parse_rate", "macro_f1")),
+    "transformers_tasks": Task("transformers_tasks", transformers_tasks_split, "context", "context_target", 160,
+                               ("accuracy", "answer_parse_rate", "ie_f1", "ie_parse_rate")),
+}  # fmt: skip
+
+
+def build_split(task: Task, folder: Path, quick: bool) -> tuple[list[dict], list[dict]]:
+    """The task's train and held-out rows, written in both tools' formats into `folder`."""
+    train, held = task.split()
     if quick:
         held = held[:: max(1, len(held) // QUICK_ROWS)][:QUICK_ROWS]
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.jsonl", train), ("heldout.jsonl", held)):
         (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
     for name, part in (("lf_train.json", train), ("lf_heldout.json", held)):
-        alpaca = [{"instruction": r["input"], "input": "", "output": r["target"]} for r in part]
+        alpaca = [{"instruction": r[task.prompt], "input": "", "output": r["target"]} for r in part]
         (folder / name).write_text(json.dumps(alpaca, ensure_ascii=False, indent=0), encoding="utf-8")
     info = {name: {"file_name": f"{name}.json"} for name in ("lf_train", "lf_heldout")}
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
@@ -138,6 +182,8 @@ def lf_train_config(folder: Path, model: str, seed: int, steps: int) -> Path:
     """LLaMA-Factory's training YAML for one seed; the adapter goes to lf_seedN/adapter."""
     out = folder / f"lf_seed{seed}"
     train = {
+        # tunellm does not checkpoint activations here either; LF's default recomputes the forward (same gradients)
+        "disable_gradient_checkpointing": True,
         **lf_common(folder, model, seed), "do_train": True, "lora_target": "all", "lora_rank": LORA["r"],
         "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"], "dataset": "lf_train",
         "output_dir": str(out / "adapter"), "overwrite_output_dir": True, "per_device_train_batch_size": BATCH,
@@ -147,23 +193,23 @@ def lf_train_config(folder: Path, model: str, seed: int, steps: int) -> Path:
     return write_yaml(out / "train.yaml", train)
 
 
-def lf_predict_config(folder: Path, model: str, seed: int, adapter: Path, out: Path) -> Path:
+def lf_predict_config(task: Task, folder: Path, model: str, seed: int, adapter: Path, out: Path) -> Path:
     """LLaMA-Factory's greedy predict on the held-out rows with `adapter` (any peft LoRA folder) into `out`."""
     predict = {
         **lf_common(folder, model, seed), "do_predict": True, "adapter_name_or_path": str(adapter),
         "eval_dataset": "lf_heldout", "output_dir": str(out), "overwrite_output_dir": True,
         "per_device_eval_batch_size": 8, "predict_with_generate": True, "do_sample": False,
-        "max_new_tokens": NEW_TOKENS,
+        "max_new_tokens": task.new_tokens,
     }  # fmt: skip
     return write_yaml(out.parent / f"{out.name}.yaml", predict)
 
 
-def lf_predict(folder: Path, model: str, seed: int, adapter: Path, out: Path) -> tuple[float, list[str]]:
+def lf_predict(task: Task, folder: Path, model: str, seed: int, adapter: Path, out: Path) -> tuple[float, list[str]]:
     """(seconds or None when reused, answers) of LLaMA-Factory's own predict with `adapter`."""
     answers = out / "generated_predictions.jsonl"
     took = None
     if not answers.is_file():
-        config = lf_predict_config(folder, model, seed, adapter, out)
+        config = lf_predict_config(task, folder, model, seed, adapter, out)
         took = run([*lf_cli(), "train", str(config)], out.parent / f"{out.name}.log", LF_ENV)
     return took, read_outputs(answers, "predict")
 
@@ -172,7 +218,7 @@ def lf_cli() -> list[str]:
     return [str(install_llamafactory()), "-m", "llamafactory.cli"]
 
 
-def tunellm_config(folder: Path, model: str, seed: int, steps: int) -> Path:
+def tunellm_config(task: Task, folder: Path, model: str, seed: int, steps: int) -> Path:
     sys.path.insert(0, str(REPO))
     from tunellm.config.schema import TrainConfig
 
@@ -187,11 +233,11 @@ def tunellm_config(folder: Path, model: str, seed: int, steps: int) -> Path:
         train["batching"] = "padded"
     config = {
         "model": {"name_or_path": model, "dtype": "float32"},
-        "data": {"train": [str(folder / "train.jsonl")], "format": "promptcblue", "cutoff_len": CUTOFF},
+        "data": {"train": [str(folder / "train.jsonl")], "format": task.format, "cutoff_len": CUTOFF},
         "method": {"name": "lora", "r": LORA["r"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"],
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
         "train": train,
-        "eval": {"max_new_tokens": NEW_TOKENS},
+        "eval": {"max_new_tokens": task.new_tokens},
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
@@ -199,13 +245,13 @@ def tunellm_config(folder: Path, model: str, seed: int, steps: int) -> Path:
     return path
 
 
-def tunellm_eval(folder: Path, adapter: Path, out: Path) -> tuple[float | None, list[str]]:
+def tunellm_eval(task: Task, folder: Path, adapter: Path, out: Path) -> tuple[float | None, list[str]]:
     """(seconds or None when reused, answers) of `tunellm eval` on the held-out rows with `adapter`."""
     answers = out / "predictions.jsonl"
     took = None
     if not answers.is_file():
         cmd = [*TUNELLM, "eval", str(folder / "heldout.jsonl"), "--adapter", str(adapter), "--max-new-tokens",
-               str(NEW_TOKENS), "--batch-size", "8", "--output", str(out), "--no-progress"]  # fmt: skip
+               str(task.new_tokens), "--batch-size", "8", "--output", str(out), "--no-progress"]  # fmt: skip
         took = run(cmd, out.parent / f"{out.name}.log", {"PYTHONPATH": str(REPO)})
     return took, read_outputs(answers, "output")
 
@@ -214,40 +260,41 @@ def read_outputs(path: Path, key: str) -> list[str]:
     return [json.loads(line)[key] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def score(outputs: list[str], held: list[dict]) -> dict[str, float | list[int]]:
-    """tunellm's choice accuracy (and parse rate, majority baseline, per-row 0/1 `correct`) of `outputs` against the
-    held-out rows."""
+def score(task: Task, outputs: list[str], held: list[dict]) -> dict[str, float | list[float]]:
+    """tunellm's scores of `outputs` against the held-out rows (the task's metrics, the majority baseline, rows
+    scored) and `per_row`: each row's own score (1/0 for a label, triple F1 for an extraction) for the paired
+    comparison."""
     sys.path.insert(0, str(REPO))
     from tunellm.evaluate.metrics import score_rows
     from tunellm.evaluate.tasks import EvalRow, detect_kinds
 
     if len(outputs) != len(held):
         sys.exit(f"{len(outputs)} answers for {len(held)} held-out rows")
-    extras = [{k: v for k, v in row.items() if k not in ("input", "target")} for row in held]
+    extras = [{k: v for k, v in row.items() if k not in (task.prompt, "target")} for row in held]
     kinds = detect_kinds([row["target"] for row in held], extras)
     rows = [EvalRow(o, r["target"], e, k, "all") for o, r, e, k in zip(outputs, held, extras, kinds, strict=True)]
     result = score_rows(rows)
-    keys = ("accuracy", "answer_parse_rate", "majority_accuracy", "macro_f1")
-    correct = [int(score_rows([row])["accuracy"]) for row in rows]  # per row, for the paired comparison
-    return {key: round(result[key], 4) for key in keys} | {
-        "scored": result["scored"].get("choice_accuracy", 0),
-        "correct": correct,
+    keys = [*task.metrics, "majority_accuracy"]
+    per_row = [score_rows([row]).get("ie_f1" if row.kind == "extraction" else "accuracy", 0.0) for row in rows]
+    return {key: round(result[key], 4) for key in keys if key in result} | {
+        "scored": result["scored"].get("choice_accuracy", 0) + result["scored"].get("ie_f1", 0),
+        "per_row": [round(value, 4) for value in per_row],
     }
 
 
-def run_llamafactory(folder: Path, model: str, seed: int, steps: int, cross: bool, held: list[dict]) -> list[dict]:
-    train_yaml = lf_train_config(folder, model, seed, steps)
-    out = train_yaml.parent
+def run_llamafactory(task: Task, folder: Path, model: str, seed: int, steps: int, cross: bool,
+                     held: list[dict]) -> list[dict]:  # fmt: skip
+    out = folder / f"lf_seed{seed}"
     train_s = None
     if not (out / "adapter" / "adapter_model.safetensors").is_file():
-        train_s = run([*lf_cli(), "train", str(train_yaml)], out / "train.log", LF_ENV)
-    gen_s, answers = lf_predict(folder, model, seed, out / "adapter", out / "predict")
+        train_s = run([*lf_cli(), "train", str(lf_train_config(folder, model, seed, steps))], out / "train.log", LF_ENV)
+    gen_s, answers = lf_predict(task, folder, model, seed, out / "adapter", out / "predict")
     results = [{"tool": "llamafactory", "seed": seed, "train_s": seconds(train_s), "gen_s": seconds(gen_s),
-                **score(answers, held), "loss": lf_losses(out / "adapter")}]  # fmt: skip
+                **score(task, answers, held), "loss": lf_losses(out / "adapter")}]  # fmt: skip
     if cross:  # LF's adapter, generated by tunellm eval with tunellm's own prompt (template auto: hf_chat)
-        gen_s, answers = tunellm_eval(folder, out / "adapter", out / "tunellm_eval")
+        gen_s, answers = tunellm_eval(task, folder, out / "adapter", out / "tunellm_eval")
         results.append({"tool": "llamafactory adapter, tunellm eval", "seed": seed, "gen_s": seconds(gen_s),
-                        **score(answers, held)})  # fmt: skip
+                        **score(task, answers, held)})  # fmt: skip
     return results
 
 
@@ -264,19 +311,20 @@ def lf_losses(folder: Path) -> dict[int, float]:
     return {e["step"]: round(e["loss"], 3) for e in logs if "loss" in e and e["step"] in (1, 10, 20, 40, 60)}
 
 
-def run_tunellm(folder: Path, model: str, seed: int, steps: int, cross: bool, held: list[dict]) -> list[dict]:
-    config = tunellm_config(folder, model, seed, steps)
+def run_tunellm(task: Task, folder: Path, model: str, seed: int, steps: int, cross: bool,
+                held: list[dict]) -> list[dict]:  # fmt: skip
+    config = tunellm_config(task, folder, model, seed, steps)
     out = config.parent
     train_s = None
     if not (out / "run" / f"step-{steps}" / "adapter_model.safetensors").is_file():
         train_s = run([*TUNELLM, "train", str(config)], out / "train.log", {"PYTHONPATH": str(REPO)})
-    gen_s, answers = tunellm_eval(folder, out / "run", out / "eval")
+    gen_s, answers = tunellm_eval(task, folder, out / "run", out / "eval")
     results = [{"tool": "tunellm", "seed": seed, "train_s": seconds(train_s), "gen_s": seconds(gen_s),
-                **score(answers, held), "loss": tunellm_losses(out / "run")}]  # fmt: skip
+                **score(task, answers, held), "loss": tunellm_losses(out / "run")}]  # fmt: skip
     if cross:  # tunellm's adapter, generated by LLaMA-Factory's predict with its smollm2 template
-        gen_s, answers = lf_predict(folder, model, seed, out / "run" / f"step-{steps}", out / "lf_predict")
+        gen_s, answers = lf_predict(task, folder, model, seed, out / "run" / f"step-{steps}", out / "lf_predict")
         results.append({"tool": "tunellm adapter, llamafactory predict", "seed": seed, "gen_s": seconds(gen_s),
-                        **score(answers, held)})  # fmt: skip
+                        **score(task, answers, held)})  # fmt: skip
     return results
 
 
@@ -288,41 +336,43 @@ def tunellm_losses(folder: Path) -> dict[int, float]:
     return {e["step"]: round(e["loss"], 3) for e in lines if "loss" in e and e.get("step") in (1, 10, 20, 40, 60)}
 
 
-def summarize(results: list[dict]) -> str:
-    lines = ["| tool | seed | accuracy | parse rate | macro F1 | scored | train s | gen s | loss (step: value) |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+def summarize(task: Task, results: list[dict]) -> str:
+    names = {"answer_parse_rate": "parse rate", "macro_f1": "macro F1", "ie_f1": "IE F1", "ie_parse_rate": "IE parse"}
+    header = ["tool", "seed", *(names.get(key, key) for key in task.metrics), "scored", "train s", "gen s", "loss"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
-        lines.append(f"| {r['tool']} | {r['seed']} | {r['accuracy']:.3f} | {r['answer_parse_rate']:.3f} | "
-                     f"{r['macro_f1']:.3f} | {r['scored']} | {r.get('train_s', '')} | {r['gen_s']} | "
-                     f"{r.get('loss', '')} |")  # fmt: skip
+        cells = [r["tool"], r["seed"], *(f"{r[key]:.3f}" for key in task.metrics), r["scored"], r.get("train_s", ""),
+                 r["gen_s"], r.get("loss", "")]  # fmt: skip
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     for tool in dict.fromkeys(r["tool"] for r in results):
         mine = [r for r in results if r["tool"] == tool]
-        for key in ("accuracy", "answer_parse_rate"):
+        for key in task.metrics:
             values = [r[key] for r in mine]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(f"{tool} {key}: mean {statistics.mean(values):.3f}, sd {spread:.3f} over {len(values)} seeds")
-    lines.append(f"majority-label baseline: {results[0]['majority_accuracy']:.3f} on {results[0]['scored']} rows")
+    if "majority_accuracy" in results[0]:
+        lines.append(f"majority-label baseline: {results[0]['majority_accuracy']:.3f}")
     lines += paired(results)
     return "\n".join(lines)
 
 
 def paired(results: list[dict]) -> list[str]:
-    """Per seed and pooled: held-out rows only tunellm got right against rows only LLaMA-Factory got right, and
-    the exact two-sided sign-test p-value of that split (McNemar's exact test): the same rows are scored by both,
-    so the rows both get right or both get wrong say nothing about which tool is better."""
-    by = {(r["tool"], r["seed"]): r["correct"] for r in results if "correct" in r}
+    """Per seed and pooled: held-out rows tunellm's answer scored higher on against rows LLaMA-Factory's did (for
+    a label, right against wrong), and the exact two-sided sign-test p-value of that split (McNemar's exact test
+    for labels): the same rows are scored by both, so the rows they tie on say nothing about which is better."""
+    by = {(r["tool"], r["seed"]): r["per_row"] for r in results if "per_row" in r}
     lines, pooled = [], [0, 0]
     for seed in dict.fromkeys(r["seed"] for r in results):
         ours, theirs = by.get(("tunellm", seed)), by.get(("llamafactory", seed))
         if ours is None or theirs is None:
             continue
-        only_ours = sum(a and not b for a, b in zip(ours, theirs, strict=True))
-        only_theirs = sum(b and not a for a, b in zip(ours, theirs, strict=True))
-        pooled = [pooled[0] + only_ours, pooled[1] + only_theirs]
-        lines.append(f"seed {seed}: right only with tunellm {only_ours}, only with llamafactory {only_theirs}, "
-                     f"sign test p = {sign_test(only_ours, only_theirs):.3f}")  # fmt: skip
+        ahead = sum(a > b for a, b in zip(ours, theirs, strict=True))
+        behind = sum(b > a for a, b in zip(ours, theirs, strict=True))
+        pooled = [pooled[0] + ahead, pooled[1] + behind]
+        lines.append(f"seed {seed}: rows better with tunellm {ahead}, with llamafactory {behind}, "
+                     f"sign test p = {sign_test(ahead, behind):.3f}")  # fmt: skip
     if len(lines) > 1:
-        lines.append(f"pooled over seeds: tunellm only {pooled[0]}, llamafactory only {pooled[1]}, "
+        lines.append(f"pooled over seeds: better with tunellm {pooled[0]}, with llamafactory {pooled[1]}, "
                      f"sign test p = {sign_test(*pooled):.3f}")  # fmt: skip
     return lines
 
@@ -338,29 +388,29 @@ def sign_test(wins: int, losses: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="chip_ctc")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--tools", nargs="+", default=["tunellm", "llamafactory"], choices=["tunellm", "llamafactory"])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps, {QUICK_ROWS} scored rows")
     parser.add_argument("--cross", action="store_true", help="also each adapter through the other tool's generation")
     parser.add_argument("--work", type=Path, default=WORK, help="folder for splits, configs, adapters, answers")
     args = parser.parse_args()
-    folder = args.work / ("quick" if args.quick else "full")
+    task = TASKS[args.task]
+    folder = args.work / f"{task.name}_{'quick' if args.quick else 'full'}"
     steps = QUICK_STEPS if args.quick else STEPS
-    _, held = build_split(folder, args.quick)
+    _, held = build_split(task, folder, args.quick)
     model = default_model()
     results: list[dict] = []
     for seed in args.seeds:
         for tool in args.tools:
-            got = run_tunellm(folder, model, seed, steps, args.cross, held) if tool == "tunellm" else \
-                run_llamafactory(folder, model, seed, steps, args.cross, held)  # fmt: skip
+            run_tool = run_tunellm if tool == "tunellm" else run_llamafactory
+            got = run_tool(task, folder, model, seed, steps, args.cross, held)
             results += got
-            print(
-                json.dumps([{k: v for k, v in r.items() if k != "correct"} for r in got], ensure_ascii=False),
-                flush=True,
-            )
+            print(json.dumps([{k: v for k, v in r.items() if k != "per_row"} for r in got], ensure_ascii=False),
+                  flush=True)  # fmt: skip
             with (folder / "results.jsonl").open("a") as log:
                 log.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in got)
-    print(summarize(results))
+    print(summarize(task, results))
 
 
 if __name__ == "__main__":

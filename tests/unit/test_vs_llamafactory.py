@@ -1,9 +1,10 @@
-"""bench/vs_llamafactory.py without running either tool: the split, both tools' configs, and the scoring."""
+"""bench/vs_llamafactory.py without running either tool: the splits, both tools' configs, and the scoring."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "vs_llamafactory.py"
 def bench():
     spec = importlib.util.spec_from_file_location("vs_llamafactory", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 def ctc_row(i: int, label: str) -> dict:
@@ -38,8 +41,28 @@ def data(bench, tmp_path, monkeypatch):
     return rows
 
 
+def tt_row(i: int, target: str) -> dict:
+    return {"context": f"Instruction: 第{i}条\nAnswer: ", "target": target}
+
+
+TRIPLE = '{"predicate": "作者", "object_type": "人物", "subject_type": "图书作品", "object": "甲", "subject": "乙"}'
+SPO = f"```json\n[{TRIPLE}]\n```"
+
+
+@pytest.fixture
+def tt_data(bench, tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    (folder / "transformers_tasks").mkdir(parents=True)
+    train = [tt_row(i, '["水果"]') for i in range(6)]
+    dev = [tt_row(10, '["水果"]'), tt_row(11, '["电脑"]'), tt_row(12, SPO)]
+    for name, rows in ((bench.TT_TRAIN, train), (bench.TT_DEV, dev)):
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(bench, "DATA", folder)
+    return train, dev
+
+
 def test_every_fifth_row_is_held_out_in_both_formats(bench, data, tmp_path):
-    train, held = bench.build_split(tmp_path / "work", quick=False)
+    train, held = bench.build_split(bench.TASKS["chip_ctc"], tmp_path / "work", quick=False)
     assert [r["sample_id"] for r in held] == ["s4", "s9", "s14", "s19"]
     assert len(train) == 16 and not {r["sample_id"] for r in train} & {r["sample_id"] for r in held}
     alpaca = json.loads((tmp_path / "work" / "lf_heldout.json").read_text(encoding="utf-8"))
@@ -50,12 +73,14 @@ def test_every_fifth_row_is_held_out_in_both_formats(bench, data, tmp_path):
 
 def test_both_configs_carry_the_issue_settings(bench, data, tmp_path):
     folder = tmp_path / "work"
-    bench.build_split(folder, quick=False)
+    bench.build_split(bench.TASKS["chip_ctc"], folder, quick=False)
     lf = yaml.safe_load(bench.lf_train_config(folder, "/m", seed=2, steps=60).read_text())
     assert (lf["lora_rank"], lf["lora_alpha"], lf["lora_dropout"], lf["lora_target"]) == (16, 32, 0.05, "all")
     assert (lf["learning_rate"], lf["warmup_ratio"], lf["max_steps"], lf["cutoff_len"]) == (5e-4, 0.05, 60, 512)
     assert (lf["template"], lf["seed"], lf["bf16"], lf["per_device_train_batch_size"]) == ("smollm2", 2, False, 4)
-    config = load_config(bench.tunellm_config(folder, "/m", seed=2, steps=60), [])  # tunellm accepts every key
+    assert lf["disable_gradient_checkpointing"] is True  # neither tool recomputes activations
+    tunellm = bench.tunellm_config(bench.TASKS["chip_ctc"], folder, "/m", seed=2, steps=60)
+    config = load_config(tunellm, [])  # tunellm accepts every key
     assert (config.method.r, config.method.lora_alpha, config.method.lora_dropout) == (16, 32, 0.05)
     assert len(config.method.target_modules) == 7 and config.data.cutoff_len == 512
     assert (config.train.max_steps, config.train.seed, config.train.learning_rate) == (60, 2, 5e-4)
@@ -67,29 +92,53 @@ def test_both_configs_carry_the_issue_settings(bench, data, tmp_path):
 
 
 def test_scores_with_tunellm_choice_accuracy(bench, data, tmp_path):
-    _, held = bench.build_split(tmp_path / "work", quick=False)  # references: 药物, 疾病, 年龄, 药物
-    scores = bench.score(["药物", "答：疾病。", "I do not know", "疾病"], held)
+    task = bench.TASKS["chip_ctc"]
+    _, held = bench.build_split(task, tmp_path / "work", quick=False)  # references: 药物, 疾病, 年龄, 药物
+    scores = bench.score(task, ["药物", "答：疾病。", "I do not know", "疾病"], held)
     assert scores["scored"] == 4
     assert scores["accuracy"] == 0.5  # rows 1 and 2 right; row 3 unread; row 4 wrong
     assert scores["answer_parse_rate"] == 0.75
     assert scores["majority_accuracy"] == 0.5
-    assert scores["correct"] == [1, 1, 0, 0]
+    assert scores["per_row"] == [1, 1, 0, 0]
     with pytest.raises(SystemExit):
-        bench.score(["药物"], held)
+        bench.score(task, ["药物"], held)
+
+
+def test_transformers_tasks_trains_on_its_train_file_and_scores_its_dev_file(bench, tt_data, tmp_path):
+    task, folder = bench.TASKS["transformers_tasks"], tmp_path / "work"
+    train, held = bench.build_split(task, folder, quick=False)
+    assert (train, held) == tt_data
+    alpaca = json.loads((folder / "lf_train.json").read_text(encoding="utf-8"))
+    assert alpaca[0] == {"instruction": train[0]["context"], "input": "", "output": '["水果"]'}
+    config = load_config(bench.tunellm_config(task, folder, "/m", seed=1, steps=60), [])
+    assert (config.data.format, config.generate.max_new_tokens) == ("context_target", 160)
+    lf = yaml.safe_load(bench.lf_predict_config(task, folder, "/m", 1, folder / "a", folder / "p").read_text())
+    assert lf["max_new_tokens"] == 160
+
+
+def test_transformers_tasks_scores_labels_by_accuracy_and_triples_by_f1(bench, tt_data, tmp_path):
+    task = bench.TASKS["transformers_tasks"]
+    _, held = bench.build_split(task, tmp_path / "work", quick=False)
+    half = SPO.replace("]", ', {"predicate": "作者", "object": "丙", "subject": "乙"}]')  # one right, one wrong
+    scores = bench.score(task, ['["水果"]', "电脑吧", half], held)
+    assert scores["scored"] == 3
+    assert (scores["accuracy"], scores["answer_parse_rate"]) == (0.5, 0.5)  # a bare word is not a label list
+    assert (scores["ie_f1"], scores["ie_parse_rate"]) == (pytest.approx(2 / 3, abs=1e-4), 1.0)
+    assert scores["per_row"] == [1.0, 0.0, pytest.approx(2 / 3, abs=1e-4)]
 
 
 def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
     results = [
-        {"tool": "tunellm", "seed": 1, "correct": [1, 1, 0, 0, 1]},
-        {"tool": "llamafactory", "seed": 1, "correct": [1, 0, 1, 1, 1]},
-        {"tool": "llamafactory adapter, tunellm eval", "seed": 1, "correct": [0, 0, 0, 0, 0]},
-        {"tool": "tunellm", "seed": 2, "correct": [0, 1, 1, 0, 0]},
-        {"tool": "llamafactory", "seed": 2, "correct": [0, 0, 0, 1, 0]},
+        {"tool": "tunellm", "seed": 1, "per_row": [1, 1, 0, 0, 1]},
+        {"tool": "llamafactory", "seed": 1, "per_row": [1, 0, 1, 1, 1]},
+        {"tool": "llamafactory adapter, tunellm eval", "seed": 1, "per_row": [0, 0, 0, 0, 0]},
+        {"tool": "tunellm", "seed": 2, "per_row": [0, 1, 0.5, 0.25, 0]},  # triple F1 per row: higher wins
+        {"tool": "llamafactory", "seed": 2, "per_row": [0, 0, 0.5, 0.75, 0]},
     ]
     lines = bench.paired(results)
-    assert lines[0].startswith("seed 1: right only with tunellm 1, only with llamafactory 2,")
-    assert lines[1].startswith("seed 2: right only with tunellm 2, only with llamafactory 1,")
-    assert lines[2].startswith("pooled over seeds: tunellm only 3, llamafactory only 3,")
+    assert lines[0].startswith("seed 1: rows better with tunellm 1, with llamafactory 2,")
+    assert lines[1].startswith("seed 2: rows better with tunellm 1, with llamafactory 1,")
+    assert lines[2].startswith("pooled over seeds: better with tunellm 2, with llamafactory 3,")
 
 
 def test_sign_test_is_the_exact_two_sided_binomial(bench):
