@@ -16,7 +16,7 @@ training and every generation runs in its own process. Splits, configs, adapters
 bench/.vs_llamafactory/<task>_<full|quick> (git-ignored: the data is for research only and must not be
 committed). Each run's answers are scored with tunellm's metric code; the summary prints mean and spread per tool
 and a paired per-row comparison. Neither tool checkpoints activations (LLaMA-Factory would by default: the same
-gradients, about 1.7x the step time on the CPU).
+gradients, with the forward run again in the backward).
 A step whose outputs are already in the work folder (an adapter, a predictions file) is reused, so an
 interrupted comparison resumes; delete the folder to measure again. --cross also generates with each
 adapter through the other tool (LF's adapter via `tunellm eval`, tunellm's via LF's predict).
