@@ -262,8 +262,8 @@ def read_outputs(path: Path, key: str) -> list[str]:
 
 def score(task: Task, outputs: list[str], held: list[dict]) -> dict[str, float | list[float]]:
     """tunellm's scores of `outputs` against the held-out rows (the task's metrics, the majority baseline, rows
-    scored) and `per_row`: each row's own score (1/0 for a label, triple F1 for an extraction) for the paired
-    comparison."""
+    scored), and per row for the paired comparison: `per_row`, its score (1/0 for a label, triple F1 for an
+    extraction), and `per_row_parsed`, whether its answer was read as a label (or a whole JSON list)."""
     sys.path.insert(0, str(REPO))
     from tunellm.evaluate.metrics import score_rows
     from tunellm.evaluate.tasks import EvalRow, detect_kinds
@@ -275,10 +275,16 @@ def score(task: Task, outputs: list[str], held: list[dict]) -> dict[str, float |
     rows = [EvalRow(o, r["target"], e, k, "all") for o, r, e, k in zip(outputs, held, extras, kinds, strict=True)]
     result = score_rows(rows)
     keys = [*task.metrics, "majority_accuracy"]
-    per_row = [score_rows([row]).get("ie_f1" if row.kind == "extraction" else "accuracy", 0.0) for row in rows]
+    alone = [score_rows([row]) for row in rows]
+    extraction = [row.kind == "extraction" for row in rows]
+    per_row = [one.get("ie_f1" if ie else "accuracy", 0.0) for one, ie in zip(alone, extraction, strict=True)]
+    parsed = [
+        one.get("ie_parse_rate" if ie else "answer_parse_rate", 0.0) for one, ie in zip(alone, extraction, strict=True)
+    ]
     return {key: round(result[key], 4) for key in keys if key in result} | {
         "scored": result["scored"].get("choice_accuracy", 0) + result["scored"].get("ie_f1", 0),
         "per_row": [round(value, 4) for value in per_row],
+        "per_row_parsed": parsed,
     }
 
 
@@ -352,15 +358,16 @@ def summarize(task: Task, results: list[dict]) -> str:
             lines.append(f"{tool} {key}: mean {statistics.mean(values):.3f}, sd {spread:.3f} over {len(values)} seeds")
     if "majority_accuracy" in results[0]:
         lines.append(f"majority-label baseline: {results[0]['majority_accuracy']:.3f}")
-    lines += paired(results)
+    lines += paired(results) + paired(results, "per_row_parsed", "answers read: ")
     return "\n".join(lines)
 
 
-def paired(results: list[dict]) -> list[str]:
-    """Per seed and pooled: held-out rows tunellm's answer scored higher on against rows LLaMA-Factory's did (for
-    a label, right against wrong), and the exact two-sided sign-test p-value of that split (McNemar's exact test
-    for labels): the same rows are scored by both, so the rows they tie on say nothing about which is better."""
-    by = {(r["tool"], r["seed"]): r["per_row"] for r in results if "per_row" in r}
+def paired(results: list[dict], key: str = "per_row", label: str = "") -> list[str]:
+    """Per seed and pooled: held-out rows tunellm's answer scored higher on (by the per-row list `key`) against
+    rows LLaMA-Factory's did (for a label, right against wrong), and the exact two-sided sign-test p-value of that
+    split (McNemar's exact test for labels): the same rows are scored by both, so the rows they tie on say
+    nothing about which is better. Each line starts with `label`."""
+    by = {(r["tool"], r["seed"]): r[key] for r in results if key in r}
     lines, pooled = [], [0, 0]
     for seed in dict.fromkeys(r["seed"] for r in results):
         ours, theirs = by.get(("tunellm", seed)), by.get(("llamafactory", seed))
@@ -369,10 +376,10 @@ def paired(results: list[dict]) -> list[str]:
         ahead = sum(a > b for a, b in zip(ours, theirs, strict=True))
         behind = sum(b > a for a, b in zip(ours, theirs, strict=True))
         pooled = [pooled[0] + ahead, pooled[1] + behind]
-        lines.append(f"seed {seed}: rows better with tunellm {ahead}, with llamafactory {behind}, "
+        lines.append(f"{label}seed {seed}: rows better with tunellm {ahead}, with llamafactory {behind}, "
                      f"sign test p = {sign_test(ahead, behind):.3f}")  # fmt: skip
     if len(lines) > 1:
-        lines.append(f"pooled over seeds: better with tunellm {pooled[0]}, with llamafactory {pooled[1]}, "
+        lines.append(f"{label}pooled over seeds: better with tunellm {pooled[0]}, with llamafactory {pooled[1]}, "
                      f"sign test p = {sign_test(*pooled):.3f}")  # fmt: skip
     return lines
 
@@ -406,8 +413,8 @@ def main() -> None:
             run_tool = run_tunellm if tool == "tunellm" else run_llamafactory
             got = run_tool(task, folder, model, seed, steps, args.cross, held)
             results += got
-            print(json.dumps([{k: v for k, v in r.items() if k != "per_row"} for r in got], ensure_ascii=False),
-                  flush=True)  # fmt: skip
+            shown = [{k: v for k, v in r.items() if not k.startswith("per_row")} for r in got]
+            print(json.dumps(shown, ensure_ascii=False), flush=True)
             with (folder / "results.jsonl").open("a") as log:
                 log.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in got)
     print(summarize(task, results))

@@ -100,6 +100,7 @@ def test_scores_with_tunellm_choice_accuracy(bench, data, tmp_path):
     assert scores["answer_parse_rate"] == 0.75
     assert scores["majority_accuracy"] == 0.5
     assert scores["per_row"] == [1, 1, 0, 0]
+    assert scores["per_row_parsed"] == [1, 1, 0, 1]
     with pytest.raises(SystemExit):
         bench.score(task, ["药物"], held)
 
@@ -125,6 +126,7 @@ def test_transformers_tasks_scores_labels_by_accuracy_and_triples_by_f1(bench, t
     assert (scores["accuracy"], scores["answer_parse_rate"]) == (0.5, 0.5)  # a bare word is not a label list
     assert (scores["ie_f1"], scores["ie_parse_rate"]) == (pytest.approx(2 / 3, abs=1e-4), 1.0)
     assert scores["per_row"] == [1.0, 0.0, pytest.approx(2 / 3, abs=1e-4)]
+    assert scores["per_row_parsed"] == [1.0, 0.0, 1.0]
 
 
 def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
@@ -139,6 +141,15 @@ def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
     assert lines[0].startswith("seed 1: rows better with tunellm 1, with llamafactory 2,")
     assert lines[1].startswith("seed 2: rows better with tunellm 1, with llamafactory 1,")
     assert lines[2].startswith("pooled over seeds: better with tunellm 2, with llamafactory 3,")
+    parsed = bench.paired(
+        [
+            {"tool": "tunellm", "seed": 1, "per_row_parsed": [1, 0]},
+            {"tool": "llamafactory", "seed": 1, "per_row_parsed": [1, 1]},
+        ],
+        "per_row_parsed",
+        "answers read: ",
+    )
+    assert parsed == ["answers read: seed 1: rows better with tunellm 0, with llamafactory 1, sign test p = 1.000"]
 
 
 def test_sign_test_is_the_exact_two_sided_binomial(bench):
