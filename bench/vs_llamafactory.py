@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from vs_llamafactory_report import summarize  # bench/ is on sys.path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -123,7 +122,7 @@ def transformers_tasks_split() -> tuple[list[dict], list[dict]]:
 @dataclass(frozen=True)
 class Task:
     """One comparison: its rows, the field holding the prompt, tunellm's reader for them, the answer length and
-    the scores the summary prints (the first is the one the paired comparison counts per row)."""
+    the scores the summary prints."""
 
     name: str
     split: Callable[[], tuple[list[dict], list[dict]]]
@@ -257,7 +256,7 @@ def tunellm_eval(task: Task, folder: Path, adapter: Path, out: Path) -> tuple[fl
 
 
 def read_outputs(path: Path, key: str) -> list[str]:
-    return [json.loads(line)[key] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row[key] for row in read_jsonl(path)]
 
 
 def score(task: Task, outputs: list[str], held: list[dict]) -> dict[str, float | list[float]]:
@@ -342,57 +341,6 @@ def tunellm_losses(folder: Path) -> dict[int, float]:
     return {e["step"]: round(e["loss"], 3) for e in lines if "loss" in e and e.get("step") in (1, 10, 20, 40, 60)}
 
 
-def summarize(task: Task, results: list[dict]) -> str:
-    names = {"answer_parse_rate": "parse rate", "macro_f1": "macro F1", "ie_f1": "IE F1", "ie_parse_rate": "IE parse"}
-    header = ["tool", "seed", *(names.get(key, key) for key in task.metrics), "scored", "train s", "gen s", "loss"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in results:
-        cells = [r["tool"], r["seed"], *(f"{r[key]:.3f}" for key in task.metrics), r["scored"], r.get("train_s", ""),
-                 r["gen_s"], r.get("loss", "")]  # fmt: skip
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    for tool in dict.fromkeys(r["tool"] for r in results):
-        mine = [r for r in results if r["tool"] == tool]
-        for key in task.metrics:
-            values = [r[key] for r in mine]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            lines.append(f"{tool} {key}: mean {statistics.mean(values):.3f}, sd {spread:.3f} over {len(values)} seeds")
-    if "majority_accuracy" in results[0]:
-        lines.append(f"majority-label baseline: {results[0]['majority_accuracy']:.3f}")
-    lines += paired(results) + paired(results, "per_row_parsed", "answers read: ")
-    return "\n".join(lines)
-
-
-def paired(results: list[dict], key: str = "per_row", label: str = "") -> list[str]:
-    """Per seed and pooled: held-out rows tunellm's answer scored higher on (by the per-row list `key`) against
-    rows LLaMA-Factory's did (for a label, right against wrong), and the exact two-sided sign-test p-value of that
-    split (McNemar's exact test for labels): the same rows are scored by both, so the rows they tie on say
-    nothing about which is better. Each line starts with `label`."""
-    by = {(r["tool"], r["seed"]): r[key] for r in results if key in r}
-    lines, pooled = [], [0, 0]
-    for seed in dict.fromkeys(r["seed"] for r in results):
-        ours, theirs = by.get(("tunellm", seed)), by.get(("llamafactory", seed))
-        if ours is None or theirs is None:
-            continue
-        ahead = sum(a > b for a, b in zip(ours, theirs, strict=True))
-        behind = sum(b > a for a, b in zip(ours, theirs, strict=True))
-        pooled = [pooled[0] + ahead, pooled[1] + behind]
-        lines.append(f"{label}seed {seed}: rows better with tunellm {ahead}, with llamafactory {behind}, "
-                     f"sign test p = {sign_test(ahead, behind):.3f}")  # fmt: skip
-    if len(lines) > 1:
-        lines.append(f"{label}pooled over seeds: better with tunellm {pooled[0]}, with llamafactory {pooled[1]}, "
-                     f"sign test p = {sign_test(*pooled):.3f}")  # fmt: skip
-    return lines
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Exact two-sided binomial p-value of `wins` against `losses` under a fair coin."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="chip_ctc")
@@ -417,7 +365,7 @@ def main() -> None:
             print(json.dumps(shown, ensure_ascii=False), flush=True)
             with (folder / "results.jsonl").open("a") as log:
                 log.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in got)
-    print(summarize(task, results))
+    print(summarize(task.metrics, results))
 
 
 if __name__ == "__main__":

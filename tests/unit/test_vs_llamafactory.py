@@ -20,9 +20,19 @@ def bench():
     spec = importlib.util.spec_from_file_location("vs_llamafactory", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    sys.path.insert(0, str(BENCH.parent))  # as when run as a script: its report module sits beside it
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH.parent))
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def report(bench):
+    """The bench's report module (table and paired sign test), imported by the bench from beside it."""
+    return sys.modules["vs_llamafactory_report"]
 
 
 def ctc_row(i: int, label: str) -> dict:
@@ -129,7 +139,7 @@ def test_transformers_tasks_scores_labels_by_accuracy_and_triples_by_f1(bench, t
     assert scores["per_row_parsed"] == [1.0, 0.0, 1.0]
 
 
-def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
+def test_paired_counts_only_the_rows_the_tools_disagree_on(report):
     results = [
         {"tool": "tunellm", "seed": 1, "per_row": [1, 1, 0, 0, 1]},
         {"tool": "llamafactory", "seed": 1, "per_row": [1, 0, 1, 1, 1]},
@@ -137,11 +147,11 @@ def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
         {"tool": "tunellm", "seed": 2, "per_row": [0, 1, 0.5, 0.25, 0]},  # triple F1 per row: higher wins
         {"tool": "llamafactory", "seed": 2, "per_row": [0, 0, 0.5, 0.75, 0]},
     ]
-    lines = bench.paired(results)
+    lines = report.paired(results)
     assert lines[0].startswith("seed 1: rows better with tunellm 1, with llamafactory 2,")
     assert lines[1].startswith("seed 2: rows better with tunellm 1, with llamafactory 1,")
     assert lines[2].startswith("pooled over seeds: better with tunellm 2, with llamafactory 3,")
-    parsed = bench.paired(
+    parsed = report.paired(
         [
             {"tool": "tunellm", "seed": 1, "per_row_parsed": [1, 0]},
             {"tool": "llamafactory", "seed": 1, "per_row_parsed": [1, 1]},
@@ -152,8 +162,8 @@ def test_paired_counts_only_the_rows_the_tools_disagree_on(bench):
     assert parsed == ["answers read: seed 1: rows better with tunellm 0, with llamafactory 1, sign test p = 1.000"]
 
 
-def test_sign_test_is_the_exact_two_sided_binomial(bench):
-    assert bench.sign_test(0, 0) == 1.0
-    assert bench.sign_test(5, 5) == 1.0
-    assert bench.sign_test(10, 3) == pytest.approx(2 * (1 + 13 + 78 + 286) / 2**13)
-    assert bench.sign_test(0, 8) == pytest.approx(2 / 2**8)
+def test_sign_test_is_the_exact_two_sided_binomial(report):
+    assert report.sign_test(0, 0) == 1.0
+    assert report.sign_test(5, 5) == 1.0
+    assert report.sign_test(10, 3) == pytest.approx(2 * (1 + 13 + 78 + 286) / 2**13)
+    assert report.sign_test(0, 8) == pytest.approx(2 / 2**8)
