@@ -3,7 +3,7 @@
     python bench/vs_llamafactory.py --seeds 1 2 3          # the full comparison (60 steps, ~124 scored rows)
     python bench/vs_llamafactory.py --quick --seeds 1      # the whole pipeline in a few minutes (6 steps, 12 rows)
     python bench/vs_llamafactory.py --tools llamafactory --cross --seeds 1   # also LF's adapter via `tunellm eval`
-    python bench/vs_llamafactory.py --task transformers_tasks --seeds 1 2 3  # extraction + classification
+    python bench/vs_llamafactory.py --task transformers_tasks --seeds 1 2 3 4 5  # extraction + classification
 
 Tasks: `chip_ctc` (PromptCBLUE CHIP-CTC: every fifth row held out, 124 scored rows, choice accuracy, answers of up
 to 24 tokens) and `transformers_tasks` (its mixed extraction + classification set: trained on the 732 train rows,
@@ -18,8 +18,9 @@ committed). Each run's answers are scored with tunellm's metric code; the summar
 and a paired per-row comparison. Neither tool checkpoints activations (LLaMA-Factory would by default: the same
 gradients, with the forward run again in the backward).
 A step whose outputs are already in the work folder (an adapter, a predictions file) is reused, so an
-interrupted comparison resumes; delete the folder to measure again. --cross also generates with each
-adapter through the other tool (LF's adapter via `tunellm eval`, tunellm's via LF's predict).
+interrupted comparison resumes; delete the folder to measure again. Each run that trained or generated something
+is also logged to results.jsonl there. --cross also generates with each adapter through the other tool (LF's
+adapter via `tunellm eval`, tunellm's via LF's predict).
 """
 
 from __future__ import annotations
@@ -308,6 +309,11 @@ def seconds(took: float | None) -> int | str:
     return "reused" if took is None else round(took)
 
 
+def fresh_runs(results: list[dict]) -> list[dict]:
+    """The results that trained or generated something: results.jsonl logs runs, so a summary rerun adds none."""
+    return [r for r in results if any(r.get(key, "reused") != "reused" for key in ("train_s", "gen_s"))]
+
+
 def lf_losses(folder: Path) -> dict[int, float]:
     state = folder / "trainer_state.json"
     if not state.is_file():
@@ -364,7 +370,7 @@ def main() -> None:
             shown = [{k: v for k, v in r.items() if not k.startswith("per_row")} for r in got]
             print(json.dumps(shown, ensure_ascii=False), flush=True)
             with (folder / "results.jsonl").open("a") as log:
-                log.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in got)
+                log.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh_runs(got))
     print(summarize(task.metrics, results))
 
 

@@ -167,3 +167,18 @@ def test_sign_test_is_the_exact_two_sided_binomial(report):
     assert report.sign_test(5, 5) == 1.0
     assert report.sign_test(10, 3) == pytest.approx(2 * (1 + 13 + 78 + 286) / 2**13)
     assert report.sign_test(0, 8) == pytest.approx(2 / 2**8)
+
+
+def test_results_log_keeps_runs_that_did_work_and_skips_reused_ones(bench):
+    got = [
+        {"tool": "tunellm", "train_s": "reused", "gen_s": "reused"},
+        {"tool": "tunellm", "train_s": "reused", "gen_s": 300},
+        {"tool": "llamafactory", "train_s": 700, "gen_s": "reused"},
+        {"tool": "tunellm adapter, llamafactory predict", "gen_s": "reused"},
+        {"tool": "llamafactory adapter, tunellm eval", "gen_s": 250},
+    ]
+    assert [r["tool"] for r in bench.fresh_runs(got)] == [
+        "tunellm",
+        "llamafactory",
+        "llamafactory adapter, tunellm eval",
+    ]
